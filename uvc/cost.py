@@ -1,0 +1,280 @@
+"""The cost model: MACs, parameters and (lookup-table) latency as functions of a spec alone.
+
+Convention: MACs, the number papers call "FLOPs" (DeiT-Tiny 1.26 G). Matmuls and convolutions count
+one MAC per multiply-add; LayerNorm counts 5 per element (fvcore's convention, so totals compare
+with ``fvcore.nn.FlopCountAnalysis``); softmax, GELU, residual adds and biases count 0. Because the
+budget, ``uvc inspect`` and the benchmark all call these functions, "what the budget counted" and
+"what the exported model runs" are the same number by construction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from uvc.errors import SpecError
+from uvc.spec import BlockSpec, ViTSpec
+
+NORM_MACS_PER_ELEMENT = 5  # fvcore's estimate for an affine LayerNorm
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """MACs of one block, per image, by operation."""
+
+    norms: int = 0
+    qkv: int = 0
+    qk: int = 0
+    av: int = 0
+    proj: int = 0
+    fc1: int = 0
+    fc2: int = 0
+
+    @property
+    def attn(self) -> int:
+        """MACs of the attention branch's matmuls (its norm excluded)."""
+        return self.qkv + self.qk + self.av + self.proj
+
+    @property
+    def total(self) -> int:
+        """All MACs of the block."""
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+def block_macs(block: BlockSpec, tokens: int, dim: int) -> BlockCost:
+    """MACs of one block over ``tokens`` tokens of width ``dim`` (per image)."""
+    n, h = tokens, block.heads
+    attn = block.has_attn
+    return BlockCost(
+        norms=NORM_MACS_PER_ELEMENT * n * dim * (int(attn) + int(block.has_mlp)),
+        qkv=n * dim * h * (2 * block.qk_dim + block.v_dim),
+        qk=h * n * n * block.qk_dim,
+        av=h * n * n * block.v_dim,
+        proj=n * h * block.v_dim * dim,
+        fc1=n * dim * block.mlp_dim,
+        fc2=n * block.mlp_dim * dim,
+    )
+
+
+def block_params(block: BlockSpec, dim: int, qkv_bias: bool = True) -> int:
+    """Parameters of one block."""
+    p = 0
+    if block.has_attn:
+        qkv_out = block.heads * (2 * block.qk_dim + block.v_dim)
+        p += 2 * dim  # norm1
+        p += dim * qkv_out + (qkv_out if qkv_bias else 0)
+        p += block.heads * block.v_dim * dim + dim  # proj
+    if block.has_mlp:
+        p += 2 * dim  # norm2
+        p += dim * block.mlp_dim + block.mlp_dim + block.mlp_dim * dim + dim
+    return p
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """MACs and parameters of a whole spec, per image.
+
+    Args:
+        embed_macs: patch embedding.
+        blocks: per-block MAC breakdown.
+        head_macs: final norm and classifier head(s).
+        embed_params / block_params / head_params: parameters of the same parts.
+    """
+
+    embed_macs: int
+    blocks: tuple[BlockCost, ...]
+    head_macs: int
+    embed_params: int
+    block_params: tuple[int, ...]
+    head_params: int
+
+    @property
+    def macs(self) -> int:
+        """Total MACs per image."""
+        return self.embed_macs + sum(b.total for b in self.blocks) + self.head_macs
+
+    @property
+    def params(self) -> int:
+        """Total parameter count."""
+        return self.embed_params + sum(self.block_params) + self.head_params
+
+
+def model_cost(spec: ViTSpec) -> ModelCost:
+    """Exact MACs and parameter counts of ``spec``, total and per block."""
+    d, n, p = spec.embed_dim, spec.num_tokens, spec.patch_size
+    embed_macs = spec.num_patches * d * spec.in_chans * p * p
+    embed_params = d * spec.in_chans * p * p + d + spec.num_prefix_tokens * d + n * d
+    n_heads = 2 if spec.dist_token else 1
+    classes = spec.num_classes
+    # Final norm: over every token (timm's ``norm``) or over the pooled vector (``fc_norm``).
+    norm_elems = d if spec.fc_norm else n * d
+    head_macs = NORM_MACS_PER_ELEMENT * norm_elems + (n_heads * d * classes if classes else 0)
+    head_params = 2 * d + (n_heads * (d * classes + classes) if classes else 0)
+    return ModelCost(
+        embed_macs=embed_macs,
+        blocks=tuple(block_macs(b, n, d) for b in spec.blocks),
+        head_macs=head_macs,
+        embed_params=embed_params,
+        block_params=tuple(block_params(b, d, spec.qkv_bias) for b in spec.blocks),
+        head_params=head_params,
+    )
+
+
+def macs(spec: ViTSpec) -> int:
+    """Total MACs per image of ``spec``."""
+    return model_cost(spec).macs
+
+
+def params(spec: ViTSpec) -> int:
+    """Total parameters of ``spec``."""
+    return model_cost(spec).params
+
+
+# --- latency lookup tables ------------------------------------------------------------------
+
+LUT_FORMAT = "uvc-latency-lut"
+LUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured latency of a ViT's parts on one device/backend/batch, interpolated.
+
+    A block's latency is ``attn(heads, qk_dim, v_dim) + mlp(mlp_dim)`` (0 for a removed part), each
+    multilinearly interpolated on its grid; the model adds ``fixed_ms`` (patch embedding, final
+    norm and head). The file is JSON::
+
+        {"format": "uvc-latency-lut", "version": 1, "unit": "ms",
+         "device": "...", "backend": "...", "batch": 8, "embed_dim": 192, "tokens": 197,
+         "fixed_ms": 0.12,
+         "attn": {"heads": [1, 2, 3], "qk_dim": [8, 32, 64], "v_dim": [8, 32, 64],
+                  "ms": [[[...]]]},          # ms[i][j][k] at heads[i], qk_dim[j], v_dim[k]
+         "mlp": {"mlp_dim": [64, 384, 768], "ms": [...]}}
+
+    Grids must be strictly increasing; queries outside a grid are extrapolated linearly from
+    the nearest cell (a warning sign that the table should be re-measured over a wider grid).
+    """
+
+    embed_dim: int
+    tokens: int
+    fixed_ms: float
+    attn_grid: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+    attn_ms: Tensor  # (len(heads), len(qk), len(v))
+    mlp_grid: tuple[float, ...]
+    mlp_ms: Tensor  # (len(mlp),)
+    meta: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        """Parse and validate the JSON structure described in the class docstring."""
+        if data.get("format") != LUT_FORMAT or data.get("version") != LUT_VERSION:
+            raise SpecError(f"not a {LUT_FORMAT} v{LUT_VERSION} file")
+        try:
+            attn, mlp = data["attn"], data["mlp"]
+            grid = tuple(tuple(float(x) for x in attn[k]) for k in ("heads", "qk_dim", "v_dim"))
+            attn_ms = torch.tensor(attn["ms"], dtype=torch.float64)
+            mlp_grid = tuple(float(x) for x in mlp["mlp_dim"])
+            mlp_ms = torch.tensor(mlp["ms"], dtype=torch.float64)
+            table = cls(
+                embed_dim=int(data["embed_dim"]),
+                tokens=int(data["tokens"]),
+                fixed_ms=float(data["fixed_ms"]),
+                attn_grid=grid,  # type: ignore[arg-type]
+                attn_ms=attn_ms,
+                mlp_grid=mlp_grid,
+                mlp_ms=mlp_ms,
+                meta={k: data[k] for k in ("device", "backend", "batch", "unit") if k in data},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"malformed latency table: {exc!r}") from None
+        if attn_ms.shape != tuple(len(g) for g in grid) or mlp_ms.shape != (len(mlp_grid),):
+            raise SpecError("latency table: 'ms' arrays do not match their grids")
+        for g in (*grid, mlp_grid):
+            if len(g) < 2 or any(b <= a for a, b in itertools.pairwise(g)):
+                raise SpecError("latency table grids need >= 2 strictly increasing points")
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON structure (inverse of ``from_dict``)."""
+        heads, qk, v = self.attn_grid
+        return {
+            "format": LUT_FORMAT,
+            "version": LUT_VERSION,
+            **self.meta,
+            "embed_dim": self.embed_dim,
+            "tokens": self.tokens,
+            "fixed_ms": self.fixed_ms,
+            "attn": {"heads": heads, "qk_dim": qk, "v_dim": v, "ms": self.attn_ms.tolist()},
+            "mlp": {"mlp_dim": self.mlp_grid, "ms": self.mlp_ms.tolist()},
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table file."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SpecError(f"cannot read latency table {path}: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (atomically)."""
+        from uvc.checkpoint import atomic_write_text
+
+        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def attn_ms_at(self, heads: Tensor, qk_dim: Tensor, v_dim: Tensor) -> Tensor:
+        """Differentiable attention latency at (possibly fractional) widths."""
+        return _interp(self.attn_ms, self.attn_grid, (heads, qk_dim, v_dim))
+
+    def mlp_ms_at(self, mlp_dim: Tensor) -> Tensor:
+        """Differentiable MLP latency at a (possibly fractional) width."""
+        return _interp(self.mlp_ms, (self.mlp_grid,), (mlp_dim,))
+
+    def block_ms(self, block: BlockSpec) -> float:
+        """Latency of one block of a hard spec."""
+        t = 0.0
+        if block.has_attn:
+            w = [
+                torch.tensor(float(x), dtype=torch.float64)
+                for x in (block.heads, block.qk_dim, block.v_dim)
+            ]
+            t += float(self.attn_ms_at(*w))
+        if block.has_mlp:
+            t += float(self.mlp_ms_at(torch.tensor(float(block.mlp_dim), dtype=torch.float64)))
+        return t
+
+    def check_spec(self, spec: ViTSpec) -> None:
+        """Raise ``SpecError`` if the table was measured for another embed width or token count."""
+        if (spec.embed_dim, spec.num_tokens) != (self.embed_dim, self.tokens):
+            raise SpecError(
+                f"latency table is for embed_dim={self.embed_dim}, tokens={self.tokens}; the model "
+                f"has embed_dim={spec.embed_dim}, tokens={spec.num_tokens}"
+            )
+
+    def model_ms(self, spec: ViTSpec) -> float:
+        """Predicted whole-model latency of ``spec``."""
+        self.check_spec(spec)
+        return self.fixed_ms + sum(self.block_ms(b) for b in spec.blocks)
+
+
+def _interp(values: Tensor, grids: tuple[tuple[float, ...], ...], xs: tuple[Tensor, ...]) -> Tensor:
+    """Multilinear interpolation of ``values`` on a rectilinear grid; linear beyond the ends."""
+    dtype = xs[0].dtype if xs[0].is_floating_point() else torch.float64
+    out = values.to(device=xs[0].device, dtype=dtype)
+    # Interpolate one axis at a time, always along the leading axis of what is left.
+    for grid, x in zip(grids, xs, strict=True):
+        g = torch.tensor(grid, dtype=out.dtype, device=x.device)
+        i = torch.clamp(torch.searchsorted(g, x.detach().reshape(1).to(g.dtype)), 1, len(grid) - 1)[
+            0
+        ]
+        lo, hi = g[i - 1], g[i]
+        t = (x.to(out.dtype) - lo) / (hi - lo)
+        out = out[i - 1] * (1 - t) + out[i] * t
+    return out

@@ -1,0 +1,247 @@
+"""Keep-sets: which heads, dims, MLP units and sub-layers of each block survive pruning.
+
+A keep-set is what the trainer produces and what ``export.materialize`` consumes. The masked
+forward (``masked``) applies one to the full model the way training does — by zeroing activations —
+so "dense output == masked output" is a test of the exporter, not a hope.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from uvc.errors import SpecError
+from uvc.spec import BlockSpec, ViTSpec
+
+
+@dataclass(frozen=True)
+class BlockKeep:
+    """What survives in one block. Indices refer to the *original* block's widths.
+
+    Args:
+        heads: kept head indices, sorted; empty removes the attention.
+        qk: kept query/key dims, shared by every kept head (head alignment).
+        v: kept value dims, shared by every kept head.
+        mlp: kept MLP hidden units, sorted; empty removes the MLP.
+        v_per_head: UVC's per-head value dims, one tuple per kept head (overrides ``v``).
+            Materialization pads each head to the largest count with zero weights.
+    """
+
+    heads: tuple[int, ...]
+    qk: tuple[int, ...]
+    v: tuple[int, ...]
+    mlp: tuple[int, ...]
+    v_per_head: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "qk", "v", "mlp"):
+            seq = tuple(int(i) for i in getattr(self, name))
+            if list(seq) != sorted(set(seq)):
+                raise SpecError(f"keep-set {name} must be sorted unique indices, got {seq}")
+            object.__setattr__(self, name, seq)
+        if self.v_per_head is not None:
+            per = tuple(tuple(sorted(set(int(i) for i in h))) for h in self.v_per_head)
+            if len(per) != len(self.heads):
+                raise SpecError("v_per_head needs one entry per kept head")
+            if any(not h for h in per):
+                raise SpecError("every kept head must keep at least one value dim")
+            object.__setattr__(self, "v_per_head", per)
+        if self.heads and (not self.qk or not (self.v or self.v_per_head)):
+            raise SpecError("a block that keeps heads must keep at least one qk and one v dim")
+
+    @property
+    def has_attn(self) -> bool:
+        """Whether any head survives."""
+        return bool(self.heads)
+
+    @property
+    def has_mlp(self) -> bool:
+        """Whether any MLP unit survives."""
+        return bool(self.mlp)
+
+    @property
+    def v_width(self) -> int:
+        """Value dims per head after materialization (the padded width for per-head counts)."""
+        if self.v_per_head is not None:
+            return max(len(h) for h in self.v_per_head)
+        return len(self.v)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON and checkpoints."""
+        out: dict[str, Any] = {k: list(getattr(self, k)) for k in ("heads", "qk", "v", "mlp")}
+        if self.v_per_head is not None:
+            out["v_per_head"] = [list(h) for h in self.v_per_head]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockKeep:
+        """Inverse of ``to_dict``."""
+        per = data.get("v_per_head")
+        return cls(
+            tuple(data["heads"]),
+            tuple(data["qk"]),
+            tuple(data["v"]),
+            tuple(data["mlp"]),
+            None if per is None else tuple(tuple(h) for h in per),
+        )
+
+
+KeepSet = tuple[BlockKeep, ...]
+
+
+def full_keep(spec: ViTSpec) -> KeepSet:
+    """The keep-set that keeps everything."""
+    return tuple(
+        BlockKeep(
+            tuple(range(b.heads)),
+            tuple(range(b.qk_dim)),
+            tuple(range(b.v_dim)),
+            tuple(range(b.mlp_dim)),
+        )
+        for b in spec.blocks
+    )
+
+
+def check_keep(spec: ViTSpec, keep: Sequence[BlockKeep]) -> None:
+    """Raise ``SpecError`` when ``keep`` does not fit ``spec`` (block count, index ranges)."""
+    if len(keep) != spec.depth:
+        raise SpecError(f"keep-set has {len(keep)} blocks, the spec has {spec.depth}")
+    for i, (b, k) in enumerate(zip(spec.blocks, keep, strict=True)):
+        limits = {"heads": b.heads, "qk": b.qk_dim, "v": b.v_dim, "mlp": b.mlp_dim}
+        for name, limit in limits.items():
+            idx = getattr(k, name)
+            if idx and (idx[0] < 0 or idx[-1] >= limit):
+                raise SpecError(f"block {i}: keep-set {name} index out of range 0..{limit - 1}")
+        if k.v_per_head is not None and any(h[0] < 0 or h[-1] >= b.v_dim for h in k.v_per_head):
+            raise SpecError(f"block {i}: v_per_head index out of range 0..{b.v_dim - 1}")
+
+
+def spec_after(spec: ViTSpec, keep: Sequence[BlockKeep]) -> ViTSpec:
+    """The spec of the dense model that ``keep`` materializes to."""
+    check_keep(spec, keep)
+    blocks = tuple(
+        BlockSpec(len(k.heads), len(k.qk), k.v_width, len(k.mlp))
+        if k.has_attn
+        else BlockSpec(0, 0, 0, len(k.mlp))
+        for k in keep
+    )
+    return spec.replace(blocks=blocks)
+
+
+def random_keep(
+    spec: ViTSpec,
+    fraction: float,
+    seed: int = 0,
+    *,
+    drop_attn: Sequence[int] = (),
+    drop_mlp: Sequence[int] = (),
+) -> KeepSet:
+    """A random keep-set keeping about ``fraction`` of every width (for tests and benchmarks)."""
+    rng = random.Random(seed)
+
+    def pick(n: int) -> tuple[int, ...]:
+        k = max(1, round(n * fraction)) if n else 0
+        return tuple(sorted(rng.sample(range(n), k)))
+
+    out = []
+    for i, b in enumerate(spec.blocks):
+        heads = () if (i in drop_attn or not b.heads) else pick(b.heads)
+        out.append(
+            BlockKeep(
+                heads,
+                pick(b.qk_dim) if heads else (),
+                pick(b.v_dim) if heads else (),
+                () if i in drop_mlp else pick(b.mlp_dim),
+            )
+        )
+    return tuple(out)
+
+
+# --- masked forward -------------------------------------------------------------------------
+
+
+@dataclass
+class BlockMasks:
+    """Soft or hard multipliers for one block; ``None`` leaves that part untouched.
+
+    Args:
+        qk: (heads, qk_dim) multiplier of q and k.
+        v: (heads, v_dim) multiplier of each head's attention output (head and dim masks).
+        mlp: (mlp_dim,) multiplier of the MLP hidden units.
+        attn_gate: scalar gate of the attention branch.
+        mlp_gate: scalar gate of the MLP branch.
+        gate: scalar gate of the whole block (UVC: ``x + g * (Block(x) - x)``).
+    """
+
+    qk: Tensor | None = None
+    v: Tensor | None = None
+    mlp: Tensor | None = None
+    attn_gate: Tensor | None = None
+    mlp_gate: Tensor | None = None
+    gate: Tensor | None = None
+
+
+def hard_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
+    """0/1 masks that make the full model compute what the materialized model computes."""
+    check_keep(spec, keep)
+    out = []
+    for b, k in zip(spec.blocks, keep, strict=True):
+        m = BlockMasks()
+        if b.has_attn:
+            if k.has_attn:
+                m.qk = torch.zeros(b.heads, b.qk_dim)
+                m.qk[list(k.heads)] = _indicator(b.qk_dim, k.qk)
+                m.v = torch.zeros(b.heads, b.v_dim)
+                per = k.v_per_head or (k.v,) * len(k.heads)
+                for h, dims in zip(k.heads, per, strict=True):
+                    m.v[h] = _indicator(b.v_dim, dims)
+            else:
+                m.attn_gate = torch.zeros(())
+        if b.has_mlp:
+            if k.has_mlp:
+                m.mlp = _indicator(b.mlp_dim, k.mlp)
+            else:
+                m.mlp_gate = torch.zeros(())
+        out.append(m)
+    return out
+
+
+def _on(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None or t.device == device else t.to(device)
+
+
+def _indicator(n: int, idx: Sequence[int]) -> Tensor:
+    t = torch.zeros(n)
+    t[list(idx)] = 1.0
+    return t
+
+
+@contextmanager
+def masked(model: torch.nn.Module, masks: Sequence[BlockMasks]) -> Iterator[torch.nn.Module]:
+    """Apply ``masks`` to a ``uvc.model.ViT`` for the duration of the block; always restored."""
+    blocks = model.blocks
+    device = next(model.parameters()).device
+    if len(masks) != len(blocks):
+        raise SpecError(f"{len(masks)} block masks for a model with {len(blocks)} blocks")
+    try:
+        for blk, m in zip(blocks, masks, strict=True):
+            m = BlockMasks(**{k: _on(v, device) for k, v in vars(m).items()})
+            if blk.attn is not None:
+                blk.attn.qk_mask, blk.attn.v_mask = m.qk, m.v
+            if blk.mlp is not None:
+                blk.mlp.mask = m.mlp
+            blk.attn_gate, blk.mlp_gate, blk.gate = m.attn_gate, m.mlp_gate, m.gate
+        yield model
+    finally:
+        for blk in blocks:
+            if blk.attn is not None:
+                blk.attn.qk_mask = blk.attn.v_mask = None
+            if blk.mlp is not None:
+                blk.mlp.mask = None
+            blk.attn_gate = blk.mlp_gate = blk.gate = None
