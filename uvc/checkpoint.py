@@ -88,13 +88,14 @@ def safe_torch_load(path: Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"file not found: {path}") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "allowed global" in text or "Unsupported global" in text:
             raise CheckpointError(
                 f"{path} contains pickled Python objects, which uvc refuses to load because "
-                f"loading them could run arbitrary code ({first})"
+                "loading them could run arbitrary code; re-save it as a plain state dict of tensors"
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None

@@ -213,7 +213,7 @@ def hard_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
 
 
 def _on(t: Tensor | None, device: torch.device) -> Tensor | None:
-    return None if t is None or t.device == device else t.to(device)
+    return t if t is None or t.device == device else t.to(device)
 
 
 def _indicator(n: int, idx: Sequence[int]) -> Tensor:
