@@ -1,0 +1,420 @@
+"""Benchmark sweeps: models x backends x batch sizes, interleaved, with speedup vs MACs.
+
+For each backend, every model's runner is opened, then for each batch size the models are timed
+round-robin (round r starts at model r mod M), so a dense and a compressed model share the
+machine's state — thermal, other tenants, caches — instead of one getting the quiet minute.
+Efficiency = speedup / MACs-reduction: 1.0 means the wall clock shrank as much as the MACs did.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.runners import (
+    Backend,
+    OrtRunner,
+    Precision,
+    Runner,
+    RunnerConfig,
+    TorchRunner,
+    TrtEngineRunner,
+)
+from bench.timer import Stopwatch, Summary, TimingConfig, set_threads, summarize, take_samples
+from uvc.cost import macs, params
+from uvc.errors import BackendUnavailable, UvcError
+from uvc.model import ViT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKENDS = (Backend.EAGER, Backend.ORT)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure.
+
+    Args:
+        backends: backends to run, in order.
+        batch_sizes: batch sizes to run.
+        device: ``cpu`` or ``cuda``.
+        precision: fp32, or fp16/bf16 on CUDA.
+        threads: CPU threads for every backend (torch and ONNX Runtime alike).
+        timing: warmup, rounds and repetitions.
+        include_copies: time host->device input and device->host output copies too.
+        workdir: where ONNX files exported on the fly go (a temporary folder when None).
+    """
+
+    backends: tuple[Backend, ...] = DEFAULT_BACKENDS
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    device: str = "cpu"
+    precision: Precision = Precision.FP32
+    threads: int = 1
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    include_copies: bool = False
+    workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backends", tuple(Backend(b) for b in self.backends))
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if not self.backends:
+            raise ValueError("at least one backend is needed")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def runner_config(self, backend: Backend) -> RunnerConfig:
+        """The runner configuration of one backend."""
+        return RunnerConfig(backend, self.device, self.precision, self.threads, self.include_copies)
+
+
+@dataclass
+class BenchModel:
+    """A model to benchmark and the artifacts it came with.
+
+    Args:
+        label: name in reports.
+        model: the PyTorch model (fp32, CPU).
+        onnx / onnx_fp16 / engine: exported files, when the target was an export folder.
+        load_s: seconds to load the model; export_s: seconds spent exporting ONNX here.
+    """
+
+    label: str
+    model: ViT
+    onnx: Path | None = None
+    onnx_fp16: Path | None = None
+    engine: Path | None = None
+    load_s: float = 0.0
+    export_s: float | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Per-image input shape."""
+        s = self.model.spec
+        return (s.in_chans, s.img_size, s.img_size)
+
+
+def load_target(target: str | Path, weights: str | Path | None = None) -> BenchModel:
+    """Load what ``uvc bench`` is given: a timm name, spec JSON, checkpoint or export folder."""
+    from uvc.source import load_model
+
+    t0 = time.perf_counter()
+    path = Path(target)
+    if path.is_dir():
+        ckpt, spec = path / "model.pt", path / "spec.json"
+        if ckpt.is_file() and weights is None:
+            model = load_model(ckpt)
+        elif spec.is_file():
+            model = load_model(spec, weights if weights is not None else None)
+        else:
+            raise UvcError(f"{path} is a folder without model.pt or spec.json (not an export)")
+        found = {n: path / n for n in ("model.onnx", "model.fp16.onnx", "model.engine")}
+        found = {n: p if p.is_file() else None for n, p in found.items()}
+        bm = BenchModel(
+            path.name or str(path),
+            model,
+            found["model.onnx"],
+            found["model.fp16.onnx"],
+            found["model.engine"],
+        )
+    else:
+        bm = BenchModel(path.stem if path.is_file() else str(target), load_model(target, weights))
+    bm.model.eval()
+    bm.load_s = time.perf_counter() - t0
+    return bm
+
+
+def ensure_onnx(bm: BenchModel, workdir: Path) -> Path:
+    """The model's ONNX file, exported with ``export.onnx.export_onnx`` when it has none."""
+    if bm.onnx is not None:
+        return bm.onnx
+    try:
+        from export.onnx import export_onnx
+    except ImportError as exc:
+        raise BackendUnavailable(f"ONNX export is unavailable: {exc}") from None
+    t0 = time.perf_counter()
+    out = workdir / f"{_safe(bm.label)}.onnx"
+    bm.onnx = Path(export_onnx(bm.model, out))
+    bm.export_s = time.perf_counter() - t0
+    return bm.onnx
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def open_runner(bm: BenchModel, config: BenchConfig, backend: Backend, workdir: Path) -> Runner:
+    """A (not yet entered) runner of ``bm`` on ``backend``; raises ``BackendUnavailable``."""
+    rc = config.runner_config(backend)
+    if backend in (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH):
+        return TorchRunner(bm.model, bm.input_shape, rc)
+    if backend in (Backend.ORT, Backend.ORT_TRT):
+        if rc.precision is Precision.FP16 and rc.on_cuda:
+            if bm.onnx_fp16 is None:
+                raise BackendUnavailable("no model.fp16.onnx (benchmark an export folder)")
+            return OrtRunner(bm.onnx_fp16, bm.input_shape, rc)
+        return OrtRunner(ensure_onnx(bm, workdir), bm.input_shape, rc)
+    return TrtEngineRunner(bm.engine, bm.input_shape, rc)
+
+
+@dataclass
+class Row:
+    """One model x backend x batch result."""
+
+    model: str
+    backend: str
+    batch: int
+    status: str  # "ok", "skipped: <reason>" or "failed: <reason>"
+    macs: int
+    params: int
+    summary: Summary | None = None
+    build_s: float | None = None
+    prepare_s: float | None = None
+    max_abs_diff: float | None = None
+    copies_included: bool = False
+    speedup: float | None = None
+    macs_reduction: float | None = None
+    efficiency: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the row was measured."""
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        out = asdict(self)
+        out["summary"] = None if self.summary is None else self.summary.to_dict()
+        return out
+
+
+@dataclass
+class BenchResult:
+    """Everything measured, with the environment it was measured in."""
+
+    environment: dict[str, Any]
+    models: list[dict[str, Any]]
+    baseline: str
+    rows: list[Row]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "environment": self.environment,
+            "models": self.models,
+            "baseline": self.baseline,
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON record (atomically)."""
+        import json
+
+        from uvc.checkpoint import atomic_write_text
+
+        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def environment(config: BenchConfig) -> dict[str, Any]:
+    """Device, library versions, threads and precision of a run."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "timm", "tensorrt"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    dev = torch.device(config.device)
+    name = platform.processor() or platform.machine()
+    if dev.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(dev)
+    import os
+
+    return {
+        "device": config.device,
+        "device_name": name,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "threads": config.threads,
+        "precision": config.precision.value,
+        "include_copies": config.include_copies,
+        "timing": asdict(config.timing),
+        "versions": versions,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_benchmark(
+    models: Sequence[BenchModel], config: BenchConfig, baseline: str | None = None
+) -> BenchResult:
+    """Time every model on every backend and batch size, interleaved; compare to the baseline.
+
+    Args:
+        models: the models; labels must be unique.
+        config: what to measure.
+        baseline: label of the reference model (default: the first model).
+    """
+    labels = [m.label for m in models]
+    if len(set(labels)) != len(labels):
+        raise UvcError(f"model labels must be unique, got {labels}")
+    base = baseline if baseline is not None else labels[0]
+    if base not in labels:
+        raise UvcError(f"baseline {base!r} is not among the models {labels}")
+    set_threads(config.threads)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="uvc-bench-") as tmp:
+        workdir = config.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for backend in config.backends:
+            rows += _run_backend(models, config, backend, workdir)
+    fill_efficiency(rows, base)
+    model_info = [
+        {
+            "label": m.label,
+            "spec": m.model.spec.to_dict(),
+            "macs": macs(m.model.spec),
+            "params": params(m.model.spec),
+            "load_s": m.load_s,
+            "export_s": m.export_s,
+        }
+        for m in models
+    ]
+    return BenchResult(environment(config), model_info, base, rows)
+
+
+def _run_backend(
+    models: Sequence[BenchModel], config: BenchConfig, backend: Backend, workdir: Path
+) -> list[Row]:
+    """All rows of one backend: open runners, then per batch size time the models round-robin."""
+    rows: dict[tuple[str, int], Row] = {}
+    runners: list[tuple[BenchModel, Runner]] = []
+    for bm in models:
+        spec = bm.model.spec
+        try:
+            runner = open_runner(bm, config, backend, workdir)
+            runner.__enter__()
+            runners.append((bm, runner))
+            status = "ok"
+        except BackendUnavailable as exc:
+            status = f"skipped: {exc}"
+            runner = None
+        except Exception as exc:  # a backend failing on one model must not hide the others
+            log.exception("%s on %s failed to open", backend.value, bm.label)
+            status, runner = f"failed: {type(exc).__name__}: {exc}", None
+        for b in config.batch_sizes:
+            rows[(bm.label, b)] = Row(
+                bm.label,
+                backend.value,
+                b,
+                status,
+                macs(spec),
+                params(spec),
+                build_s=None if runner is None else runner.build_s,
+                copies_included=bool(getattr(runner, "copies_included", config.include_copies)),
+            )
+    watch = Stopwatch(config.device if torch.device(config.device).type == "cuda" else "cpu")
+    timing = config.timing
+    try:
+        for b in config.batch_sizes:
+            live = []
+            for bm, runner in runners:
+                row = rows[(bm.label, b)]
+                try:
+                    row.prepare_s = runner.prepare(b)
+                    x = runner.make_input(b, seed=b)
+                    row.max_abs_diff = _max_diff(bm.model, runner, x)
+                    take_samples(lambda r=runner, x=x: r.infer(x), 0, watch, timing.warmup)
+                    live.append((bm, runner, x, []))
+                except Exception as exc:
+                    log.exception("%s on %s, batch %d failed", backend.value, bm.label, b)
+                    row.status = f"failed: {type(exc).__name__}: {exc}"
+            for r in range(timing.rounds):
+                order = live[r % len(live) :] + live[: r % len(live)] if live else []
+                for _bm, runner, x, samples in order:
+                    fn = lambda r=runner, x=x: r.infer(x)  # noqa: E731
+                    samples += take_samples(fn, timing.reps, watch, timing.warmup_per_round)
+            for bm, _runner, _x, samples in live:
+                label = f"{bm.label}/{backend.value}/b{b}"
+                rows[(bm.label, b)].summary = summarize(samples, b, label)
+    finally:
+        for _bm, runner in runners:
+            runner.__exit__(None, None, None)
+    return list(rows.values())
+
+
+def _max_diff(model: ViT, runner: Runner, x: torch.Tensor) -> float:
+    """Largest |runner - PyTorch fp32 CPU| on ``x``: a benchmark of a wrong model is worthless."""
+    with torch.inference_mode():
+        ref = model(x.detach().to("cpu", torch.float32))
+        out = runner.infer(x)
+    return float((out.detach().to("cpu", torch.float32) - ref).abs().max())
+
+
+def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
+    """Set speedup, MACs reduction and efficiency of every measured row against ``baseline``.
+
+    speedup = baseline median / row median (same backend and batch); MACs reduction = baseline
+    MACs / row MACs; efficiency = speedup / MACs reduction.
+    """
+    ref = {(r.backend, r.batch): r for r in rows if r.model == baseline}
+    for r in rows:
+        b = ref.get((r.backend, r.batch))
+        if b is None or r.summary is None or b.summary is None or not r.ok or not b.ok:
+            continue
+        r.speedup = b.summary.median_ms / r.summary.median_ms
+        r.macs_reduction = b.macs / r.macs
+        r.efficiency = r.speedup / r.macs_reduction
+
+
+def failing_rows(rows: Sequence[Row], min_efficiency: float) -> list[Row]:
+    """Measured rows whose efficiency is below ``min_efficiency`` (baseline rows never fail)."""
+    return [r for r in rows if r.efficiency is not None and r.efficiency < min_efficiency]
+
+
+def format_table(result: BenchResult, markdown: bool = False) -> str:
+    """The results as an aligned text table (or a markdown table)."""
+    head = [
+        "model", "backend", "batch", "median ms", "p90 ms", "img/s", "GMACs",
+        "speedup", "MACs red.", "efficiency", "status",
+    ]  # fmt: skip
+    lines = []
+    for r in result.rows:
+        s = r.summary
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        noisy = "*" if s is not None and s.noisy else ""
+        lines.append(
+            [
+                r.model + (" (baseline)" if r.model == result.baseline else ""),
+                r.backend,
+                str(r.batch),
+                "-" if s is None else f"{s.median_ms:.2f}{noisy}",
+                "-" if s is None else f"{s.p90_ms:.2f}",
+                "-" if s is None else f"{s.throughput:.1f}",
+                f"{r.macs / 1e6:.1f}",
+                f(r.speedup, ".2f"),
+                f(r.macs_reduction, ".2f"),
+                f(r.efficiency, ".2f"),
+                r.status,
+            ]
+        )
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in ln) + " |" for ln in lines]
+    else:
+        widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
+        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+        out += ["  ".join(c.ljust(w) for c, w in zip(ln, widths, strict=True)) for ln in lines]
+    if any(r.summary is not None and r.summary.noisy for r in result.rows):
+        out.append("* IQR > 10% of the median: the machine was not quiet.")
+    return "\n".join(out)
