@@ -1,0 +1,255 @@
+"""ONNX export of a ``uvc.model.ViT`` and its validation against PyTorch with ONNX Runtime.
+
+Export and validation are separate functions (as in optimum): ``export_onnx`` writes a graph,
+``validate_onnx`` runs it and compares it with the PyTorch model, the caller decides what is fatal.
+
+Graph contract: one input ``images`` (batch, C, H, W) float32, one output ``logits``
+(batch, num_classes); the batch axis is dynamic, everything else is fixed by the spec.
+
+External data: a graph whose weights stay under ``EXTERNAL_DATA_THRESHOLD`` (1.8 GB, protobuf's hard
+limit is 2 GB) is written as one self-contained ``.onnx`` file, which every runtime and copy tool
+handles; beyond that the weights go to ``<name>.onnx.data`` beside it, which must travel with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from export.validate import Comparison, ValidationReport, compare, require_tolerance
+from uvc.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
+# Protobuf cannot serialize a message over 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+MAX_DYNAMIC_BATCH = 4096
+
+
+class Exporter(str, Enum):
+    """Which ``torch.onnx.export`` path builds the graph.
+
+    DYNAMO (torch.export, the default since torch 2.9) gives the cleaner graph (SDPA becomes
+    MatMul/Softmax, LayerNormalization stays one op) but emits opset 18 and converts it down when
+    opset 17 is asked; TORCHSCRIPT emits opset 17 natively and is ~10x faster to run, which the test
+    suite uses. Both are validated the same way.
+    """
+
+    DYNAMO = "dynamo"
+    TORCHSCRIPT = "torchscript"
+
+
+def input_shape(model: torch.nn.Module, batch: int) -> tuple[int, int, int, int]:
+    """The (batch, C, H, W) input shape of a ``uvc.model.ViT`` from its spec."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ExportError("export needs a uvc.model.ViT (a model with a .spec)")
+    return (batch, spec.in_chans, spec.img_size, spec.img_size)
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: Path,
+    *,
+    opset: int = MIN_OPSET,
+    batch: int = 2,
+    exporter: Exporter = Exporter.DYNAMO,
+) -> Path:
+    """Export ``model`` to ONNX with a dynamic batch axis.
+
+    Args:
+        model: a ``uvc.model.ViT`` (exported in eval mode, on CPU, in float32; not modified).
+        path: the ``.onnx`` file to write (its folder must exist).
+        opset: ONNX opset, at least 17.
+        batch: the batch size of the example input used for tracing (any size then runs).
+        exporter: ``Exporter.DYNAMO`` or ``Exporter.TORCHSCRIPT``.
+
+    Returns:
+        ``path``. Weights are inside it unless the model is over ``EXTERNAL_DATA_THRESHOLD``
+        bytes, then in ``<path>.data`` beside it.
+
+    Raises:
+        ExportError: opset too low, not a ViT, or the exporter failed.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: uvc exports at opset {MIN_OPSET} or newer")
+    if batch < 1:
+        raise ExportError(f"the example batch must be at least 1, got {batch}")
+    exporter = Exporter(exporter)
+    path = Path(path)
+    shape = input_shape(model, batch)
+    # Export a float32 CPU copy in eval mode so the caller's model keeps its device, dtype, mode.
+    import copy
+
+    m = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    if hasattr(m, "distilled_training"):
+        m.distilled_training = False
+    x = torch.randn(*shape)
+    external = _param_bytes(m) >= EXTERNAL_DATA_THRESHOLD
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            if exporter is Exporter.DYNAMO:
+                batch_dim = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
+                torch.onnx.export(
+                    m,
+                    (x,),
+                    str(path),
+                    dynamo=True,
+                    opset_version=opset,
+                    dynamic_shapes=({0: batch_dim},),
+                    external_data=external,
+                    verbose=False,
+                    **names,
+                )
+            else:
+                torch.onnx.export(
+                    m,
+                    (x,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    **names,
+                )
+    except Exception as exc:  # the exporters raise many unrelated types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"ONNX export ({exporter.value}) failed: {first}") from exc
+    if exporter is Exporter.TORCHSCRIPT and external:
+        _move_to_external(path)
+    log.info("exported %s (%s exporter, opset %d)", path, exporter.value, opset)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporters' deprecation and progress chatter for this call only."""
+    noisy = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in noisy]
+    try:
+        for lg in noisy:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _move_to_external(path: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def check_onnx(path: Path, opset: int | None = None) -> None:
+    """Run ``onnx.checker`` (full check, with shape inference) and the I/O contract checks.
+
+    Raises:
+        ExportError: the graph is invalid, has the wrong I/O names, a static batch axis, or an
+            opset other than ``opset``.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        # A path (not a proto) lets the checker follow external data of large models.
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        raise ExportError(
+            f"{path}: expected I/O {INPUT_NAME}->{OUTPUT_NAME}, got {inputs}->{outputs}"
+        )
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim0.dim_param:
+        raise ExportError(f"{path}: the batch axis is static ({dim0.dim_value}), expected dynamic")
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and got != opset:
+        raise ExportError(f"{path}: opset {got}, expected {opset}")
+
+
+def input_shape_of(path: Path) -> tuple[int, ...]:
+    """The per-sample input shape (C, H, W) recorded in an ONNX graph."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
+    return tuple(int(d.dim_value) for d in dims)
+
+
+def ort_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session for ``path`` (``threads`` intra-op threads; None: default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def validate_onnx(
+    model: torch.nn.Module,
+    path: Path,
+    inputs: list[torch.Tensor],
+    *,
+    atol: float | None = None,
+    name: str = "onnx",
+) -> ValidationReport:
+    """Run ``path`` with ONNX Runtime on each input batch and compare with ``model`` (float32, CPU).
+
+    Args:
+        model: the PyTorch reference (a ``uvc.model.ViT``).
+        path: the ONNX graph; its input may be float32 or float16 (inputs are cast to match).
+        inputs: image batches (B, C, H, W), at least two different batch sizes to prove the
+            dynamic axis.
+        atol: when given, raise ``AtolError`` if any max |difference| exceeds it.
+        name: what is validated, for the report and the error message.
+
+    Returns:
+        A ``ValidationReport`` with one ``Comparison`` per batch.
+    """
+    import copy
+
+    import numpy as np
+
+    ref_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    sess = ort_session(path)
+    in_type = sess.get_inputs()[0].type
+    np_dtype = np.float16 if "float16" in in_type else np.float32
+    rows: list[Comparison] = []
+    for x in inputs:
+        x = x.detach().to(device="cpu", dtype=torch.float32)
+        with torch.no_grad():
+            ref = ref_model(x)
+        (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np_dtype)})
+        rows.append(compare(ref, torch.from_numpy(out.astype(np.float32))))
+    report = ValidationReport(name=name, runtime="onnxruntime-cpu", comparisons=tuple(rows))
+    if atol is not None:
+        require_tolerance(report, atol)
+    return report
