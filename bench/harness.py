@@ -377,15 +377,19 @@ def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
         r.efficiency = r.speedup / r.macs_reduction
 
 
-def failing_rows(rows: Sequence[Row], min_efficiency: float) -> list[Row]:
-    """Measured rows whose efficiency is below ``min_efficiency`` (baseline rows never fail)."""
-    return [r for r in rows if r.efficiency is not None and r.efficiency < min_efficiency]
+def failing_rows(result: BenchResult, min_efficiency: float) -> list[Row]:
+    """Measured non-baseline rows whose efficiency is below ``min_efficiency``."""
+    return [
+        r
+        for r in result.rows
+        if r.model != result.baseline and r.efficiency is not None and r.efficiency < min_efficiency
+    ]
 
 
 def format_table(result: BenchResult, markdown: bool = False) -> str:
     """The results as an aligned text table (or a markdown table)."""
     head = [
-        "model", "backend", "batch", "median ms", "p90 ms", "img/s", "GMACs",
+        "model", "backend", "batch", "median ms", "p90 ms", "img/s", "MMACs",
         "speedup", "MACs red.", "efficiency", "status",
     ]  # fmt: skip
     lines = []

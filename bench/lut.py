@@ -1,0 +1,233 @@
+"""Latency lookup tables: measure a ViT's parts on a grid, predict whole models from them.
+
+A block's latency is modelled as attention(heads, qk_dim, v_dim) + MLP(mlp_dim), each a sub-layer
+exactly as ``uvc.model.Block`` runs it (LayerNorm, the branch, the residual add), measured alone at
+the table's embed width, token count and batch; the fixed parts (patch embedding, tokens, final
+norm, head) are measured once as a model whose only block is empty. The table is written in
+``uvc.cost.LatencyTable``'s format, which the trainer reads for ``--metric latency``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.runners import Backend, Precision, RunnerConfig, TorchRunner
+from bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
+from uvc.cost import LUT_FORMAT, LUT_VERSION, LatencyTable
+from uvc.errors import BackendUnavailable, SpecError
+from uvc.keep import random_keep, spec_after
+from uvc.model import Block, ViT
+from uvc.spec import BlockSpec, ViTSpec
+
+log = logging.getLogger(__name__)
+
+LUT_BACKENDS = (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH)
+
+
+def frame_spec(
+    embed_dim: int, tokens: int, patch_size: int = 16, num_classes: int = 1000
+) -> ViTSpec:
+    """A one-block spec with ``tokens`` tokens (class token + a square patch grid).
+
+    Raises:
+        SpecError: ``tokens - 1`` is not a square number.
+    """
+    side = math.isqrt(tokens - 1) if tokens > 1 else 0
+    if side < 1 or side * side != tokens - 1:
+        raise SpecError(f"tokens must be 1 + a square number of patches (e.g. 197), got {tokens}")
+    return ViTSpec(
+        img_size=side * patch_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        num_classes=num_classes,
+        blocks=(BlockSpec(0, 0, 0, 0),),
+    )
+
+
+def default_grid(full: int, points: int = 3, low: int = 1, step: int = 8) -> tuple[int, ...]:
+    """``points`` widths from ``low`` to ``full``, evenly spaced, inner ones rounded to ``step``."""
+    if full <= low:
+        return (low, low + 1)
+    raw = [low + (full - low) * i / (points - 1) for i in range(points)]
+    inner = (min(full - 1, max(low + 1, round(v / step) * step)) for v in raw[1:-1])
+    grid = sorted({low, full, *inner})
+    return tuple(grid)
+
+
+@dataclass(frozen=True)
+class LutConfig:
+    """What to measure.
+
+    Args:
+        spec: gives embed width, token count and the fixed parts (patch size, classes, tokens).
+        batch: images per call.
+        backend: eager, compile or cudagraph (the PyTorch runners).
+        device, threads, precision: as for ``uvc bench``.
+        heads, qk_dims, v_dims: the attention grid; mlp_dims: the MLP grid.
+        timing: samples per grid point (no interleaving: points are independent).
+    """
+
+    spec: ViTSpec
+    batch: int = 1
+    backend: Backend = Backend.EAGER
+    device: str = "cpu"
+    threads: int = 1
+    precision: Precision = Precision.FP32
+    heads: tuple[int, ...] = (1, 2, 3)
+    qk_dims: tuple[int, ...] = (16, 32, 64)
+    v_dims: tuple[int, ...] = (16, 32, 64)
+    mlp_dims: tuple[int, ...] = (64, 384, 768)
+    timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=3, rounds=1, reps=15))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))
+        if self.backend not in LUT_BACKENDS:
+            names = ", ".join(b.value for b in LUT_BACKENDS)
+            raise ValueError(f"latency tables are measured with {names}, not {self.backend.value}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        for name in ("heads", "qk_dims", "v_dims", "mlp_dims"):
+            g = tuple(int(v) for v in getattr(self, name))
+            if len(g) < 2 or list(g) != sorted(set(g)) or g[0] < 1:
+                raise ValueError(f"{name} needs >= 2 increasing positive widths, got {g}")
+            object.__setattr__(self, name, g)
+
+    @classmethod
+    def for_spec(cls, spec: ViTSpec, **kwargs: object) -> LutConfig:
+        """Grids spanning ``spec``'s largest widths (3 points each, 4 for the MLP)."""
+        att = [b for b in spec.blocks if b.has_attn] or [BlockSpec(1, 8, 8, 0)]
+        grids = {
+            "heads": default_grid(max(b.heads for b in att), step=1),
+            "qk_dims": default_grid(max(b.qk_dim for b in att), low=8),
+            "v_dims": default_grid(max(b.v_dim for b in att), low=8),
+            "mlp_dims": default_grid(max([b.mlp_dim for b in spec.blocks] + [16]), 4, low=16),
+        }
+        grids.update(kwargs)  # type: ignore[arg-type]
+        return cls(spec=spec, **grids)  # type: ignore[arg-type]
+
+    def runner_config(self) -> RunnerConfig:
+        """The runner configuration every measurement uses."""
+        return RunnerConfig(self.backend, self.device, self.precision, self.threads)
+
+
+def time_module(module: nn.Module, input_shape: tuple[int, ...], config: LutConfig) -> float:
+    """Median milliseconds of one call of ``module`` on a batch of ``config.batch``."""
+    rc = config.runner_config()
+    watch = Stopwatch(rc.torch_device if rc.on_cuda else "cpu")
+    t = config.timing
+    with TorchRunner(module, input_shape, rc) as runner:
+        runner.prepare(config.batch)
+        x = runner.make_input(config.batch)
+        samples = take_samples(lambda: runner.infer(x), t.samples, watch, t.warmup)
+    return summarize(samples, config.batch, "lut").median_ms
+
+
+def measure_lut(config: LutConfig) -> LatencyTable:
+    """Measure the attention grid, the MLP grid and the fixed parts; return the table."""
+    set_threads(config.threads)
+    spec = config.spec
+    d, n = spec.embed_dim, spec.num_tokens
+    tok_shape = (n, d)
+
+    def sublayer(b: BlockSpec) -> float:
+        return time_module(Block(d, b, spec.qkv_bias, spec.norm_eps), tok_shape, config)
+
+    attn = torch.zeros(len(config.heads), len(config.qk_dims), len(config.v_dims))
+    for i, h in enumerate(config.heads):
+        for j, q in enumerate(config.qk_dims):
+            for k, v in enumerate(config.v_dims):
+                attn[i, j, k] = sublayer(BlockSpec(h, q, v, 0))
+    log.info("attention grid measured (%d points)", attn.numel())
+    mlp = [sublayer(BlockSpec(0, 0, 0, m)) for m in config.mlp_dims]
+    # Fixed parts: the same model with one empty block (an identity), so nothing of a block counts.
+    frame = spec.replace(blocks=(BlockSpec(0, 0, 0, 0),))
+    fixed = time_module(ViT(frame), (spec.in_chans, spec.img_size, spec.img_size), config)
+    return LatencyTable.from_dict(
+        {
+            "format": LUT_FORMAT,
+            "version": LUT_VERSION,
+            "unit": "ms",
+            "device": _device_name(config.device),
+            "backend": config.backend.value,
+            "batch": config.batch,
+            "embed_dim": d,
+            "tokens": n,
+            "fixed_ms": fixed,
+            "attn": {
+                "heads": list(config.heads),
+                "qk_dim": list(config.qk_dims),
+                "v_dim": list(config.v_dims),
+                "ms": attn.tolist(),
+            },
+            "mlp": {"mlp_dim": list(config.mlp_dims), "ms": mlp},
+        }
+    )
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    if torch.device(device).type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA device")
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def random_specs(spec: ViTSpec, n: int, seed: int = 0, low: float = 0.3) -> list[ViTSpec]:
+    """``n`` random compressed versions of ``spec`` (keep fractions in [low, 1], some blocks'
+    attention or MLP removed) -- the kind of spec a search visits."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        depth = spec.depth
+        drop_attn = [b for b in range(depth) if rng.random() < 0.15]
+        drop_mlp = [b for b in range(depth) if rng.random() < 0.1]
+        keep = random_keep(
+            spec, rng.uniform(low, 1.0), seed + i, drop_attn=drop_attn, drop_mlp=drop_mlp
+        )
+        out.append(spec_after(spec, keep))
+    return out
+
+
+@dataclass(frozen=True)
+class LutError:
+    """How well a table predicts measured whole-model latency.
+
+    Args:
+        predicted_ms, measured_ms: per spec.
+        median_rel_error: median of |predicted - measured| / measured.
+    """
+
+    predicted_ms: tuple[float, ...]
+    measured_ms: tuple[float, ...]
+    median_rel_error: float
+
+    @property
+    def rel_errors(self) -> tuple[float, ...]:
+        """|predicted - measured| / measured per spec."""
+        return tuple(
+            abs(p - m) / m for p, m in zip(self.predicted_ms, self.measured_ms, strict=True)
+        )
+
+
+def lut_error(table: LatencyTable, specs: Sequence[ViTSpec], config: LutConfig) -> LutError:
+    """Measure each spec's whole model as ``config`` says; compare with ``table``'s prediction."""
+    if not specs:
+        raise ValueError("need at least one spec to check the table against")
+    set_threads(config.threads)
+    pred, meas = [], []
+    for s in specs:
+        pred.append(table.model_ms(s))
+        meas.append(time_module(ViT(s), (s.in_chans, s.img_size, s.img_size), config))
+        log.info("spec %d: predicted %.3f ms, measured %.3f ms", len(meas), pred[-1], meas[-1])
+    rel = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
+    return LutError(tuple(pred), tuple(meas), statistics.median(rel))
