@@ -1,0 +1,367 @@
+"""``uvc export``: a model -> a validated deployment folder (checkpoint, spec, ONNX, engine).
+
+Every artifact is written into a temporary folder beside the output folder and moved into place
+only once everything exported and validated, so a failure (bad input, tolerance exceeded, a
+crash) never leaves a half-written or valid-looking folder behind.
+
+Output folder:
+    model.pt          dense uvc checkpoint (spec inside), the exact weights that were exported
+    spec.json         the architecture
+    model.onnx        FP32 graph (one self-contained file under 1.8 GB, else + model.onnx.data)
+    model.fp16.onnx   FP16 graph (LayerNorm/Softmax/reductions in FP32), with --fp16
+    model.engine      TensorRT engine (FP16 with --fp16), with --trt
+    export.json       what was exported, library versions, validation figures, build times
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.onnx import MIN_OPSET, Exporter
+from export.validate import ValidationReport
+from uvc.errors import ExportError, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class ExportConfigError(ExportError, ValueError):
+    """Contradictory or out-of-range export options (a ValueError the CLI reports as exit 2)."""
+
+
+ONNX_BATCHES = (1, 8)  # two sizes prove the dynamic batch axis on CPU
+DEFAULT_FP16_MIN_COSINE = 0.99
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``export_model`` does.
+
+    Args:
+        model: a dense uvc checkpoint, a search checkpoint (``extra["keep"]``: one
+            ``BlockKeep.to_dict()`` per block; materialized first), a spec JSON or a timm name.
+        out: the output folder (absent, empty, or a previous uvc export, which is replaced).
+        weights: a local weights file for a spec JSON / timm name (or to override a checkpoint's).
+        onnx: write and validate the FP32 ONNX graph (needed by --fp16 and --trt).
+        trt: build and validate a TensorRT engine.
+        fp16: also write the FP16 graph; with ``trt`` the engine is FP16.
+        opset: ONNX opset (>= 17).
+        min_batch, opt_batch, max_batch: the engine's batch profile (opt None: 8 clamped into
+            [min, max]).
+        simplify: run onnxslim on the FP32 graph before validating it.
+        atol: max |logit difference| allowed for FP32 ONNX and FP32 engines.
+        fp16_min_cosine: smallest per-sample cosine similarity allowed for FP16 artifacts.
+        calib_data: validation images: an ImageFolder folder, "digits", or None (random).
+        exporter: torch.onnx exporter (dynamo or torchscript).
+        workspace_mib: TensorRT builder workspace limit.
+        tf32: allow TF32 in FP32 engines.
+        timing_cache: TensorRT timing cache file reused across builds.
+    """
+
+    model: str
+    out: Path
+    weights: Path | None = None
+    onnx: bool = True
+    trt: bool = False
+    fp16: bool = False
+    opset: int = MIN_OPSET
+    min_batch: int = 1
+    opt_batch: int | None = None
+    max_batch: int = 32
+    simplify: bool = False
+    atol: float = 1e-4
+    fp16_min_cosine: float = DEFAULT_FP16_MIN_COSINE
+    calib_data: str | None = None
+    exporter: Exporter = Exporter.DYNAMO
+    workspace_mib: int = 4096
+    tf32: bool = False
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "exporter", Exporter(self.exporter))
+        if self.opset < MIN_OPSET:
+            raise ExportConfigError(
+                f"--opset {self.opset} is too old: LayerNormalization needs opset {MIN_OPSET}+"
+            )
+        if self.min_batch < 1 or self.max_batch < self.min_batch:
+            raise ExportConfigError(
+                f"batch range must satisfy 1 <= --min-batch <= --max-batch, got "
+                f"{self.min_batch}..{self.max_batch}"
+            )
+        if self.opt_batch is None:
+            object.__setattr__(self, "opt_batch", min(max(8, self.min_batch), self.max_batch))
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ExportConfigError(
+                f"--opt-batch {self.opt_batch} is outside [{self.min_batch}, {self.max_batch}]"
+            )
+        if not self.atol > 0:
+            raise ExportConfigError(f"--atol must be positive, got {self.atol}")
+        if (self.trt or self.fp16) and not self.onnx:
+            raise ExportConfigError(
+                "--trt and --fp16 are built from the ONNX graph: drop --no-onnx"
+            )
+        if not 0 < self.fp16_min_cosine <= 1:
+            raise ExportConfigError(
+                f"fp16_min_cosine must be in (0, 1], got {self.fp16_min_cosine}"
+            )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the artifacts went and what ``export.json`` says."""
+
+    out: Path
+    files: tuple[str, ...]
+    summary: dict[str, Any]
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    """Export ``cfg.model`` into ``cfg.out``: checkpoint, spec, ONNX (FP32/FP16), TensorRT engine.
+
+    Raises:
+        UvcError subclasses: bad input (``CheckpointError``, ``WeightsError``, ``SpecError``),
+            an unusable output folder (``ExportError``), a missing backend
+            (``BackendUnavailable``), or outputs beyond tolerance (``ValidationError``); in every
+            case ``cfg.out`` is left as it was.
+    """
+    if cfg.trt:
+        from export.tensorrt import require_cuda, require_tensorrt
+
+        # Fail before any work when the engine cannot be built here.
+        require_tensorrt()
+        require_cuda()
+    _check_out(cfg.out)
+    model, source = load_export_model(cfg.model, cfg.weights)
+    tmp = _make_tmp(cfg.out)
+    try:
+        summary = _export_into(cfg, model, source, tmp)
+        _json_dump(tmp / "export.json", summary)
+        files = tuple(sorted(p.name for p in tmp.iterdir()))
+        _move_into_place(tmp, cfg.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s -> %s (%s)", cfg.model, cfg.out, ", ".join(files))
+    return ExportResult(cfg.out, files, summary)
+
+
+def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Module, str]:
+    """The dense ``ViT`` to export and a word for what it came from.
+
+    A checkpoint whose ``extra`` holds ``"keep"`` (a search checkpoint) is materialized with
+    ``export.materialize`` so the exported model is the physically smaller one.
+    """
+    from export.materialize import materialize
+    from uvc.checkpoint import is_checkpoint, load_checkpoint, safe_torch_load
+    from uvc.errors import CheckpointError
+    from uvc.keep import BlockKeep, check_keep
+    from uvc.model import ViT
+    from uvc.source import load_model
+    from uvc.weights import load_weights
+
+    path = Path(target)
+    if path.is_file() and path.suffix != ".json" and is_checkpoint(safe_torch_load(path)):
+        ckpt = load_checkpoint(path)
+        model = ViT(ckpt.spec)
+        load_weights(model, ckpt.state_dict if weights is None else weights)
+        keep_data = ckpt.extra.get("keep")
+        if keep_data is None:
+            return model.eval(), "dense checkpoint"
+        try:
+            keep = tuple(BlockKeep.from_dict(d) for d in keep_data)
+            check_keep(ckpt.spec, keep)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} holds an invalid keep-set: {exc}") from None
+        return materialize(model, keep).eval(), "search checkpoint (materialized)"
+    model = load_model(target, weights)
+    return model.eval(), "weights file" if weights is not None else "random init"
+
+
+def _export_into(
+    cfg: ExportConfig, model: torch.nn.Module, source: str, tmp: Path
+) -> dict[str, Any]:
+    from export.onnx import check_onnx, export_onnx, validate_onnx
+    from export.validate import validation_inputs
+    from uvc.checkpoint import Checkpoint, save_checkpoint
+    from uvc.cost import macs, params
+
+    spec = model.spec
+    shape = (spec.in_chans, spec.img_size, spec.img_size)
+    summary: dict[str, Any] = {
+        "model": str(cfg.model),
+        "source": source,
+        "weights": str(cfg.weights) if cfg.weights else None,
+        "macs": macs(spec),
+        "params": params(spec),
+        "input": {"name": "images", "shape": ["batch", *shape], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", spec.num_classes]},
+        "batch_range": [cfg.min_batch, cfg.opt_batch, cfg.max_batch],
+        "atol": cfg.atol,
+        "versions": _versions(),
+        "artifacts": {},
+        "validation": {},
+    }
+    save_checkpoint(
+        tmp / "model.pt",
+        Checkpoint(spec, model.state_dict(), meta={"kind": "dense", "exported_from": cfg.model}),
+    )
+    spec.save(tmp / "spec.json")
+    summary["artifacts"]["checkpoint"] = "model.pt"
+    summary["artifacts"]["spec"] = "spec.json"
+    if not cfg.onnx:
+        return summary
+
+    inputs, where = validation_inputs(shape, ONNX_BATCHES, cfg.calib_data)
+    summary["validation_inputs"] = where
+    onnx_path = tmp / "model.onnx"
+    start = time.perf_counter()
+    export_onnx(model, onnx_path, opset=cfg.opset, exporter=cfg.exporter)
+    if cfg.simplify:
+        _simplify(onnx_path)
+    check_onnx(onnx_path, cfg.opset)
+    summary["onnx"] = {
+        "file": "model.onnx",
+        "exporter": cfg.exporter.value,
+        "opset": cfg.opset,
+        "simplified": cfg.simplify,
+        "external_data": (tmp / "model.onnx.data").exists(),
+        "export_s": round(time.perf_counter() - start, 3),
+    }
+    summary["artifacts"]["onnx"] = "model.onnx"
+    report = validate_onnx(model, onnx_path, inputs, atol=cfg.atol, name="model.onnx")
+    summary["validation"]["onnx"] = report.to_dict()
+
+    fp16_path = None
+    if cfg.fp16:
+        from export.fp16 import KEEP_FP32_OPS, convert_to_fp16
+
+        fp16_path = convert_to_fp16(onnx_path, tmp / "model.fp16.onnx")
+        check_onnx(fp16_path, cfg.opset)
+        summary["artifacts"]["onnx_fp16"] = "model.fp16.onnx"
+        summary["fp16"] = {"fp32_ops": sorted(KEEP_FP32_OPS)}
+        report = validate_onnx(model, fp16_path, inputs, name="model.fp16.onnx")
+        _require_cosine(report, cfg.fp16_min_cosine)
+        summary["validation"]["onnx_fp16"] = report.to_dict()
+
+    if cfg.trt:
+        from export.tensorrt import TrtBuildConfig, build_engine, validate_engine
+
+        trt_cfg = TrtBuildConfig(
+            min_batch=cfg.min_batch,
+            opt_batch=cfg.opt_batch,
+            max_batch=cfg.max_batch,
+            fp16=cfg.fp16,
+            tf32=cfg.tf32,
+            workspace_mib=cfg.workspace_mib,
+            timing_cache=cfg.timing_cache,
+        )
+        built = build_engine(onnx_path, tmp / "model.engine", trt_cfg, fp16_onnx=fp16_path)
+        summary["tensorrt"] = built.to_dict()
+        summary["artifacts"]["engine"] = "model.engine"
+        batches = tuple(sorted({cfg.min_batch, cfg.opt_batch, cfg.max_batch}))
+        trt_inputs, _ = validation_inputs(shape, batches, cfg.calib_data, seed=1)
+        exact = not cfg.fp16 and not cfg.tf32
+        report = validate_engine(
+            model, tmp / "model.engine", trt_inputs, atol=cfg.atol if exact else None
+        )
+        if not exact:
+            _require_cosine(report, cfg.fp16_min_cosine)
+        summary["validation"]["tensorrt"] = report.to_dict()
+    return summary
+
+
+def _require_cosine(report: ValidationReport, min_cosine: float) -> None:
+    """Reduced-precision outputs: no NaN/inf, and logit vectors point the same way as PyTorch's."""
+    if not report.min_cosine >= min_cosine:
+        raise ValidationError(
+            f"{report.name} ({report.runtime}) disagrees with PyTorch FP32: min cosine similarity "
+            f"{report.min_cosine:.4f} < {min_cosine} (max |Δ| {report.max_abs:.3g}, top-1 "
+            f"agreement {report.top1:.3f})"
+        )
+
+
+def _simplify(path: Path) -> None:
+    try:
+        import onnxslim
+    except ImportError:
+        raise ExportError("--simplify needs onnxslim: pip install 'uvc[simplify]'") from None
+    try:
+        onnxslim.slim(str(path), str(path))
+    except Exception as exc:  # onnxslim raises many types
+        raise ExportError(f"onnxslim failed on {path.name}: {exc}") from exc
+
+
+def _versions() -> dict[str, str | None]:
+    import onnx
+    import onnxruntime
+
+    out: dict[str, str | None] = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tensorrt": None,
+    }
+    try:
+        import tensorrt
+
+        out["tensorrt"] = str(tensorrt.__version__)
+    except ImportError:
+        pass
+    return out
+
+
+def _json_dump(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder we must not replace: a file, or a folder with foreign content."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise ExportError(
+            f"--out {out} is not empty and holds no previous uvc export; choose an empty or new "
+            "folder"
+        )
+
+
+def _make_tmp(out: Path) -> Path:
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
+    # mkdtemp makes a private (0700) folder; the final folder should get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; a previous export there is replaced whole."""
+    old = None
+    try:
+        if out.is_dir():
+            if any(out.iterdir()):
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the previous export back
+        raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
