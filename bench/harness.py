@@ -120,14 +120,14 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
         found = {n: path / n for n in ("model.onnx", "model.fp16.onnx", "model.engine")}
         found = {n: p if p.is_file() else None for n, p in found.items()}
         bm = BenchModel(
-            path.name or str(path),
+            str(target),
             model,
             found["model.onnx"],
             found["model.fp16.onnx"],
             found["model.engine"],
         )
     else:
-        bm = BenchModel(path.stem if path.is_file() else str(target), load_model(target, weights))
+        bm = BenchModel(str(target), load_model(target, weights))
     bm.model.eval()
     bm.load_s = time.perf_counter() - t0
     return bm
@@ -143,7 +143,14 @@ def ensure_onnx(bm: BenchModel, workdir: Path) -> Path:
         raise BackendUnavailable(f"ONNX export is unavailable: {exc}") from None
     t0 = time.perf_counter()
     out = workdir / f"{_safe(bm.label)}.onnx"
-    bm.onnx = Path(export_onnx(bm.model, out))
+    # onnx_ir logs every graph rewrite at INFO; that would bury the benchmark's own output.
+    ir_log = logging.getLogger("onnx_ir")
+    level = ir_log.level
+    ir_log.setLevel(max(level, logging.WARNING))
+    try:
+        bm.onnx = Path(export_onnx(bm.model, out))
+    finally:
+        ir_log.setLevel(level)
     bm.export_s = time.perf_counter() - t0
     return bm.onnx
 
@@ -422,3 +429,29 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
     if any(r.summary is not None and r.summary.noisy for r in result.rows):
         out.append("* IQR > 10% of the median: the machine was not quiet.")
     return "\n".join(out)
+
+
+def bench_targets(
+    targets: Sequence[str],
+    config: BenchConfig,
+    baseline: str | None = None,
+    weights: str | Path | None = None,
+) -> BenchResult:
+    """Load ``targets`` (and ``baseline``, first) the way ``uvc bench`` names them, then run.
+
+    ``weights`` goes to the targets that carry none of their own (timm names, spec JSONs).
+    """
+    names = ([baseline] if baseline is not None else []) + [t for t in targets if t != baseline]
+    if not names:
+        raise UvcError("name at least one model to benchmark")
+    models: list[BenchModel] = []
+    for t in names:
+        p = Path(t)
+        own = p.is_dir() or (p.is_file() and p.suffix != ".json")
+        bm = load_target(t, None if own else weights)
+        label, k = bm.label, 2
+        while bm.label in {m.label for m in models}:  # the same file named twice
+            bm.label = f"{label}#{k}"
+            k += 1
+        models.append(bm)
+    return run_benchmark(models, config, baseline=models[0].label)

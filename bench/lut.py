@@ -15,6 +15,7 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -231,3 +232,24 @@ def lut_error(table: LatencyTable, specs: Sequence[ViTSpec], config: LutConfig) 
         log.info("spec %d: predicted %.3f ms, measured %.3f ms", len(meas), pred[-1], meas[-1])
     rel = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
     return LutError(tuple(pred), tuple(meas), statistics.median(rel))
+
+
+def default_frame(embed_dim: int, tokens: int, depth: int = 12) -> ViTSpec:
+    """A stock ViT of this width and token count (head dim 64, MLP 4x): the grids' upper ends."""
+    heads = max(1, embed_dim // 64)
+    block = BlockSpec(heads, embed_dim // heads, embed_dim // heads, 4 * embed_dim)
+    return frame_spec(embed_dim, tokens).replace(blocks=(block,) * depth)
+
+
+def build_lut(
+    config: LutConfig, out: str | Path, check_specs: int = 0, seed: int = 0
+) -> tuple[LatencyTable, LutError | None]:
+    """Measure a table, save it to ``out`` and, if ``check_specs`` > 0, measure its prediction
+    error over that many random compressed versions of ``config.spec``."""
+    table = measure_lut(config)
+    table.save(out)
+    log.info("latency table written to %s", out)
+    err = None
+    if check_specs > 0:
+        err = lut_error(table, random_specs(config.spec, check_specs, seed), config)
+    return table, err
