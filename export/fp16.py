@@ -61,6 +61,7 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
     keep = frozenset(keep_fp32_ops)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     graph = proto.graph
+    _bypass_identities(graph)
     types = _elem_types(graph)
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
@@ -162,6 +163,30 @@ def _to_half(arr: np.ndarray) -> np.ndarray:
     """FP32 -> FP16 with values beyond FP16's range clipped instead of becoming inf."""
     limit = float(np.finfo(np.float16).max)
     return np.clip(arr, -limit, limit).astype(np.float16)
+
+
+def _bypass_identities(graph) -> None:
+    """Drop Identity nodes that alias an initializer, so each weight's real users are visible.
+
+    The TorchScript exporter shares equal initializers (every fresh LayerNorm's ones and zeros)
+    through Identity nodes; without this, LayerNorm's scale would look FP16-bound.
+    """
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in kept:
+        for j, name in enumerate(n.input):
+            if name in alias:
+                n.input[j] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _elem_types(graph) -> dict[str, int]:
