@@ -161,7 +161,7 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
     ``export.materialize`` so the exported model is the physically smaller one.
     """
     from export.materialize import materialize
-    from uvc.checkpoint import is_checkpoint, load_checkpoint, safe_torch_load
+    from uvc.checkpoint import is_checkpoint, load_checkpoint
     from uvc.errors import CheckpointError
     from uvc.keep import BlockKeep, check_keep
     from uvc.model import ViT
@@ -169,7 +169,7 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
     from uvc.weights import load_weights
 
     path = Path(target)
-    if path.is_file() and path.suffix != ".json" and is_checkpoint(safe_torch_load(path)):
+    if path.is_file() and path.suffix != ".json" and is_checkpoint(_read_torch_file(path)):
         ckpt = load_checkpoint(path)
         model = ViT(ckpt.spec)
         load_weights(model, ckpt.state_dict if weights is None else weights)
@@ -184,6 +184,21 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
         return materialize(model, keep).eval(), "search checkpoint (materialized)"
     model = load_model(target, weights)
     return model.eval(), "weights file" if weights is not None else "random init"
+
+
+def _read_torch_file(path: Path) -> object:
+    """``safe_torch_load``, with every unpickler failure turned into ``CheckpointError``."""
+    from uvc.checkpoint import safe_torch_load
+    from uvc.errors import CheckpointError, UvcError
+
+    try:
+        return safe_torch_load(path)
+    except UvcError:
+        raise
+    except Exception as exc:  # torch's unpickler raises IndexError, KeyError... on garbage
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__})"
+        ) from None
 
 
 def _export_into(
