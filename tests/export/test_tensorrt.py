@@ -1,0 +1,72 @@
+"""TensorRT: config validation and clear errors everywhere; engine build and run on a GPU only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.tensorrt import TrtBuildConfig, TrtRunner, require_tensorrt
+from tests.helpers import tiny_spec
+from uvc.errors import BackendUnavailable
+from uvc.model import ViT
+
+
+def test_build_config_validates_batch_range() -> None:
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        TrtBuildConfig(min_batch=8, opt_batch=4, max_batch=16)
+    with pytest.raises(ValueError, match="workspace"):
+        TrtBuildConfig(workspace_mib=0)
+    assert TrtBuildConfig().tf32 is False  # "FP32" engines really are FP32 unless asked
+
+
+def test_missing_tensorrt_names_the_extra_and_image() -> None:
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; this checks the message where it is absent")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailable, match=r"uvc\[gpu\].*Dockerfile\.gpu"):
+        require_tensorrt()
+    with pytest.raises(BackendUnavailable), TrtRunner("missing.engine"):
+        pass
+
+
+@pytest.fixture
+def gpu_trt():
+    trt = pytest.importorskip(
+        "tensorrt", reason="TensorRT is not installed (pip install 'uvc[gpu]' on a GPU machine)"
+    )
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch: TensorRT engines cannot be built here")
+    return trt
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True])
+def test_engine_build_run_validate(gpu_trt, tmp_path: Path, fp16: bool) -> None:
+    from export.fp16 import convert_to_fp16
+    from export.onnx import Exporter, export_onnx
+    from export.tensorrt import build_engine, validate_engine
+    from export.validate import validation_inputs
+
+    model = ViT(tiny_spec()).eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", exporter=Exporter.TORCHSCRIPT)
+    fp16_path = convert_to_fp16(onnx_path, tmp_path / "m.fp16.onnx") if fp16 else None
+    cache = tmp_path / "timing.cache"
+    cfg = TrtBuildConfig(min_batch=1, opt_batch=4, max_batch=8, fp16=fp16, timing_cache=cache)
+    built = build_engine(onnx_path, tmp_path / "m.engine", cfg, fp16_onnx=fp16_path)
+    assert built.engine.is_file() and built.build_s > 0 and cache.is_file()
+    xs, _ = validation_inputs((3, 32, 32), (1, 8))
+    report = validate_engine(model, built.engine, xs, atol=None if fp16 else 1e-4)
+    assert report.min_cosine > 0.999
+    with TrtRunner(built.engine) as run:
+        x = torch.randn(3, 3, 32, 32, device="cuda")
+        out = run.infer(x)
+        assert out.shape == (3, 10) and out.is_cuda
+        with pytest.raises(Exception, match="outside the engine's range"):
+            run.infer(torch.randn(9, 3, 32, 32, device="cuda"))
+        with pytest.raises(Exception, match="CUDA"):
+            run.infer(torch.randn(1, 3, 32, 32))
