@@ -317,6 +317,9 @@ class OrtRunner(Runner):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT worker threads spin for a while after each run; with several sessions open and
+        # timed in turn, one session's spinning would steal cores from the next one's run.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(self.onnx_path), opts, providers=[p for p in wanted if p in available]
         )
