@@ -1,0 +1,568 @@
+"""Stage 1 of UVC: the primal-dual architecture search (masked student, KD from the teacher).
+
+One step (DESIGN.md, "Facts about UVC"):
+
+1. masks from the current counts and importance scores; gates sampled (Gumbel, soft) or, during
+   warmup, fixed; forward the masked student, the teacher under no_grad;
+2. the Lagrangian ``KD + y.LS + p.LS + z (R - budget)`` backpropagates into weights, counts and
+   gate logits (gradients all-reduced over ranks, so every rank takes the same step);
+3. AdamW on the weights, then the proximal shrink of the pruned groups by ``1 / (1 + 2 lr dual)``;
+4. projected SGD on the counts (gradient norm clipped to 1, clamped into range);
+5. gate SGD every ``gating_interval`` steps (gates belong to no other optimizer);
+6. dual ascent on z, y, p (clamped at 0).
+
+After the last epoch a deterministic projection makes the decisions meet the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from uvc.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from uvc.cost import LatencyTable
+from uvc.dist import DistInfo
+from uvc.distill import DistillLoss
+from uvc.dual import (
+    Duals,
+    ascend_groups,
+    ascend_z,
+    cosine_lr,
+    geometric,
+    hard_block_cost,
+    linear,
+    project_to_budget,
+    proximal_shrink_,
+)
+from uvc.errors import DataError, UvcError
+from uvc.gates import ATTN, BLOCK, MLP, GateMode, Gates
+from uvc.importance import Criterion, GroupImportance, magnitude
+from uvc.keep import BlockMasks, KeepSet, hard_masks, masked, spec_after
+from uvc.model import ViT
+from uvc.resource import Metric, ResourceModel
+from uvc.spec import ViTSpec
+from uvc.structure import HardBlock, Structure, keep_from_hard
+
+logger = logging.getLogger(__name__)
+_SINGLE = DistInfo()  # the default: one process
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the search (defaults follow UVC where it states them).
+
+    Args:
+        budget: target cost as a fraction of the uncompressed model's, in (0, 1].
+        metric: what the budget counts (macs, params, latency).
+        lut: latency lookup-table JSON (required for the latency metric).
+        epochs / warmup_epochs: search length; gates stay fixed during warmup.
+        lr / min_lr / weight_decay: AdamW on the weights, cosine from lr to min_lr.
+        struct_lr / struct_clip: projected SGD on the counts (UVC: 0.02, norm clip 1).
+        gate_lr / gating_interval: gate SGD, every ``gating_interval`` steps.
+        gates: which skip gates are searched (all: block, attention and MLP gates).
+        warmup_gate: the whole-block gate's value during warmup (UVC: 0.5); the attention/MLP gates
+            (this project's addition) are held at 1 then.
+        gumbel_tau / gumbel_tau_end: Gumbel-softmax temperature, geometric from start to end.
+        z_lr / z_lr_end: step size of the budget dual, linear from start to end (None: constant).
+        y_lr: step size of the group duals y, p.
+        mask_temperature: width (in groups) of the count gradient's sigmoid surrogate.
+        importance: magnitude (UVC), taylor or fisher.
+        per_head_v: UVC's per-head value counts instead of one aligned count per block.
+        align: kept qk/v/MLP widths are multiples of this.
+        amp: None, "bf16" or "fp16" (CUDA only; fp16 uses a GradScaler).
+        seed: seeds the gate noise.
+        log_every: steps between step records.
+        tolerance: the final projection lands within ``[budget * (1 - tolerance), budget]``.
+    """
+
+    budget: float = 0.5
+    metric: Metric = Metric.MACS
+    lut: str | None = None
+    epochs: int = 30
+    warmup_epochs: int = 5
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    struct_lr: float = 0.02
+    struct_clip: float = 1.0
+    gate_lr: float = 0.02
+    gating_interval: int = 1
+    gates: GateMode = GateMode.ALL
+    warmup_gate: float = 0.5
+    gumbel_tau: float = 0.5
+    gumbel_tau_end: float = 0.5
+    z_lr: float = 0.05
+    z_lr_end: float | None = None
+    y_lr: float = 0.01
+    mask_temperature: float = 1.0
+    importance: str = "magnitude"
+    per_head_v: bool = False
+    align: int = 1
+    amp: str | None = None
+    seed: int = 0
+    log_every: int = 10
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
+        object.__setattr__(self, "gates", _enum(GateMode, self.gates, "gates"))
+        _enum(Criterion, self.importance, "importance")
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
+        if self.metric is Metric.LATENCY and not self.lut:
+            raise ValueError("the latency metric needs a latency lookup table (lut=...)")
+        if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError("need epochs >= 1 and 0 <= warmup_epochs <= epochs")
+        for name in ("lr", "struct_lr", "gate_lr", "gumbel_tau", "gumbel_tau_end", "struct_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "weight_decay", "z_lr", "y_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gating_interval < 1 or self.align < 1 or self.log_every < 1:
+            raise ValueError("gating_interval, align and log_every must be >= 1")
+        if not 0.0 <= self.warmup_gate <= 1.0:
+            raise ValueError(f"warmup_gate must be in [0, 1], got {self.warmup_gate}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if not 0.0 <= self.tolerance < 0.5:
+            raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (enums as strings) for checkpoints and logs."""
+        d = dataclasses.asdict(self)
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def _enum(cls: Any, value: Any, name: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[e.value for e in cls]}, got {value!r}") from None
+
+
+@dataclass
+class SearchResult:
+    """What the search found.
+
+    Args:
+        keep: the chosen keep-set (materialize it with ``export.materialize``).
+        spec: ``spec_after(model.spec, keep)``.
+        model: the full-shape student after search (masks off).
+        history: every logged record.
+        cost_searched: R / R_full the primal-dual reached, before the final projection.
+        cost_final: R / R_full of ``spec``.
+    """
+
+    keep: KeepSet
+    spec: ViTSpec
+    model: ViT
+    history: list[dict[str, Any]] = field(default_factory=list)
+    cost_searched: float = float("nan")
+    cost_final: float = float("nan")
+
+
+class _Search:
+    """The search's mutable state and its step; ``run_search`` drives it."""
+
+    def __init__(self, model: ViT, cfg: SearchConfig, device: torch.device, dist: DistInfo):
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        spec = model.spec
+        lut = LatencyTable.load(cfg.lut) if cfg.lut else None
+        self.res = ResourceModel(spec, cfg.metric, lut if cfg.metric is Metric.LATENCY else None)
+        self.structure = Structure(spec, cfg.per_head_v, cfg.align, cfg.mask_temperature).to(device)
+        self.gates = Gates(spec.depth, cfg.gates).to(device)
+        self.duals = Duals.zeros(spec.depth)
+        self.importance = GroupImportance(cfg.importance)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (
+                decay
+                if p.ndim >= 2 and "token" not in name and "pos_embed" not in name
+                else no_decay
+            ).append(p)
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+
+    # --- schedules (pure functions of the step) ---
+    def lr_at(self, step: int, total: int) -> float:
+        return cosine_lr(step, total, self.cfg.lr, 0, self.cfg.min_lr)
+
+    def tau_at(self, step: int, total: int) -> float:
+        return geometric(step, total, self.cfg.gumbel_tau, self.cfg.gumbel_tau_end)
+
+    def z_lr_at(self, step: int, total: int) -> float:
+        end = self.cfg.z_lr if self.cfg.z_lr_end is None else self.cfg.z_lr_end
+        return linear(step, total, self.cfg.z_lr, end)
+
+    def forward_gates(self, step: int, total: int, warmup: bool) -> Tensor:
+        """(L, 3) gate values used in the forward."""
+        if warmup:
+            g = torch.ones(self.model.spec.depth, 3, device=self.device)
+            if bool(self.gates.active[BLOCK]):
+                g[:, BLOCK] = self.cfg.warmup_gate
+            return g
+        return self.gates.sample(self.tau_at(step, total), self.cfg.seed, step)
+
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        teacher: nn.Module | None,
+        loss_fn: DistillLoss,
+        step: int,
+        total: int,
+        warmup: bool,
+    ) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        lr = self.lr_at(step, total)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        scores = self.importance(model)
+        norms = scores if self.importance.criterion is Criterion.MAGNITUDE else magnitude(model)
+        soft = self.structure(scores, norms)
+        gst = self.gates.straight_through()  # exact decisions forward, probabilities backward
+        r = (
+            self.res.total(
+                [
+                    self.res.block(
+                        sb.heads,
+                        sb.qk,
+                        sb.v,
+                        sb.mlp,
+                        gst[i, BLOCK] * gst[i, ATTN],
+                        gst[i, BLOCK] * gst[i, MLP],
+                    )
+                    for i, sb in enumerate(soft)
+                ]
+            )
+            / self.res.full
+        )
+        gf = self.forward_gates(step, total, warmup)
+        active = self.gates.active.tolist()
+        part_on = active[ATTN] and not warmup
+        masks = [
+            BlockMasks(
+                qk=sb.qk_mask,
+                v=sb.v_mask,
+                mlp=sb.mlp_mask,
+                attn_gate=gf[i, ATTN] if part_on else None,
+                mlp_gate=gf[i, MLP] if part_on else None,
+                gate=gf[i, BLOCK] if active[BLOCK] else None,
+            )
+            for i, sb in enumerate(soft)
+        ]
+        amp = _autocast(cfg.amp, self.device)
+        with amp:
+            t_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+            with masked(model, masks):
+                out = model(x)
+            kd = loss_fn(out, t, t_logits)
+        lost = torch.stack([sb.lost for sb in soft])
+        z = self.duals.z.to(self.device)
+        lag = kd + (self.duals.per_part().to(lost) * lost).sum() + z * (r - cfg.budget)
+        (self.scaler.scale(lag) if self.scaler else lag).backward()
+        extra = list(self.structure.parameters()) + list(self.gates.parameters())
+        _all_reduce_grads(list(model.parameters()) + extra, self.dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+            inv = 1.0 / self.scaler.get_scale()
+            for p in extra:
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        self.importance.observe(model)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        # Proximal step on the groups pruned at this step's decisions (before the counts move).
+        keep_now = keep_from_hard(model.spec, scores, self.structure.hard())
+        shares = proximal_shrink_(model, keep_now, self.duals, lr)
+        with torch.no_grad():
+            sp = [p for p in self.structure.parameters() if p.grad is not None]
+            if sp and all(torch.isfinite(p.grad).all() for p in sp):
+                torch.nn.utils.clip_grad_norm_(sp, cfg.struct_clip)
+                for p in sp:
+                    p -= cfg.struct_lr * p.grad
+            self.structure.project_()
+            gate_step = (
+                not warmup
+                and cfg.gates is not GateMode.NONE
+                and (step + 1) % cfg.gating_interval == 0
+            )
+            lg = self.gates.logits
+            if gate_step and lg.grad is not None and torch.isfinite(lg.grad).all():
+                lg -= cfg.gate_lr * lg.grad
+        for p in extra:
+            p.grad = None
+        r_val = float(r.detach())
+        zlr = self.z_lr_at(step, total)
+        self.duals.z = ascend_z(self.duals.z, r_val, cfg.budget, zlr)
+        ascend_groups(self.duals, shares, cfg.y_lr)
+        return {
+            "kind": "search_step",
+            "step": step,
+            "loss": float(kd.detach()),
+            "lagrangian": float(lag.detach()),
+            "R": r_val,
+            "budget": cfg.budget,
+            "z": float(self.duals.z),
+            "lr": lr,
+            "struct_lr": cfg.struct_lr,
+            "z_lr": zlr,
+            "gumbel_tau": self.tau_at(step, total),
+            "warmup": warmup,
+        }
+
+    def hard(self) -> list[HardBlock]:
+        """Integer decisions now: counts and gates (a part survives iff its gates say keep)."""
+        gh = self.gates.hard().cpu()
+        return [
+            dataclasses.replace(
+                hb,
+                attn_on=bool(gh[i, BLOCK] and gh[i, ATTN]),
+                mlp_on=bool(gh[i, BLOCK] and gh[i, MLP]),
+            )
+            for i, hb in enumerate(self.structure.hard())
+        ]
+
+    def cost(self, hard: list[HardBlock]) -> float:
+        """R / R_full of integer decisions."""
+        scores = self.importance(self.model)
+        blocks = sum(hard_block_cost(self.res, i, hb, scores[i]) for i, hb in enumerate(hard))
+        return (self.res.fixed + blocks) / self.res.full
+
+    def keep(self) -> KeepSet:
+        return keep_from_hard(self.model.spec, self.importance(self.model), self.hard())
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "structure": {k: v.detach().cpu() for k, v in self.structure.state_dict().items()},
+            "gates": {k: v.detach().cpu() for k, v in self.gates.state_dict().items()},
+            "duals": self.duals.state_dict(),
+            "importance": self.importance.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.opt.load_state_dict(st["optimizer"])
+        self.structure.load_state_dict(st["structure"])
+        self.gates.load_state_dict(st["gates"])
+        self.duals.load_state_dict(st["duals"])
+        self.importance.load_state_dict(st["importance"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+
+
+def _autocast(amp: str | None, device: torch.device) -> Any:
+    if amp is None:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:
+    """Average gradients over ranks in one flat buffer, so every rank takes the same step."""
+    if not dist.enabled:
+        return
+    import torch.distributed as tdist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    off = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p).to(p.dtype)
+        off += n
+
+
+def _sync_model(model: nn.Module, dist: DistInfo) -> None:
+    if not dist.enabled:
+        return
+    import torch.distributed as tdist
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            tdist.broadcast(t, 0)
+
+
+@torch.no_grad()
+def evaluate_masked(
+    model: ViT, keep: KeepSet, loader: Iterable[Any], device: torch.device, dist: DistInfo
+) -> float:
+    """Top-1 accuracy of ``model`` masked by ``keep`` (what the materialized model computes)."""
+    was = model.training
+    model.eval()
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    with masked(model, hard_masks(model.spec, keep)):
+        for x, t in loader:
+            x, t = x.to(device), t.to(device)
+            pred = model(x).argmax(-1)
+            t = t.argmax(-1) if t.dim() > 1 else t
+            correct += torch.tensor([float((pred == t).sum()), float(len(t))], device=device)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(correct)
+    model.train(was)
+    return float(correct[0] / correct[1].clamp_min(1))
+
+
+def run_search(
+    model: ViT,
+    teacher: nn.Module | None,
+    train_loader: Any,
+    val_loader: Any,
+    loss_fn: DistillLoss,
+    cfg: SearchConfig,
+    out_dir: Path | None,
+    *,
+    device: torch.device,
+    dist: DistInfo = _SINGLE,
+    resume: bool = False,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Search the architecture of ``model`` under ``cfg.budget`` (see module docstring).
+
+    Args:
+        model: the student, a full-shape ``ViT`` (trained in place).
+        teacher: the frozen teacher (eval mode, no gradients), or None for labels only.
+        train_loader / val_loader: yield ``(images, targets)``; targets are class indices or soft
+            (B, C). ``val_loader`` may be None.
+        loss_fn: the distillation loss.
+        cfg: search settings.
+        out_dir: where ``search.pt`` (every epoch), ``spec.json`` and ``keep.json`` go (rank 0).
+        device: this rank's device.
+        dist: this rank's place in a torchrun job.
+        resume: continue from ``out_dir/search.pt`` (a killed epoch restarts from its start).
+        log: receives every step/epoch record.
+    """
+    from tqdm import tqdm
+
+    if cfg.amp and device.type != "cuda":
+        raise UvcError(f"mixed precision ({cfg.amp}) needs a CUDA device, got {device}")
+    try:
+        steps_per_epoch = len(train_loader)
+    except TypeError:
+        raise DataError("the training loader must have a length (batches per epoch)") from None
+    if steps_per_epoch == 0:
+        raise DataError("the training loader yields no batches")
+    total = cfg.epochs * steps_per_epoch
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    s = _Search(model, cfg, device, dist)
+    history: list[dict[str, Any]] = []
+    ckpt_path = out_dir / "search.pt" if out_dir is not None else None
+    start = 0
+
+    def emit(rec: dict[str, Any]) -> None:
+        history.append(rec)
+        if log is not None:
+            log(rec)
+
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path)
+        if ck.spec != model.spec:
+            raise UvcError(f"{ckpt_path} was written for another architecture than this model")
+        if ck.extra.get("config") != cfg.to_dict():
+            logger.warning(
+                "resuming %s with a different search config than it was started with", ckpt_path
+            )
+        model.load_state_dict(ck.state_dict)
+        s.load_state(ck.extra)
+        torch.set_rng_state(ck.extra["rng"])
+        history.extend(ck.extra.get("history", []))
+        start = int(ck.extra["epoch"]) + 1
+        logger.info("resuming the search at epoch %d of %d", start, cfg.epochs)
+    else:
+        _sync_model(model, dist)
+
+    bar = tqdm(
+        total=total, initial=start * steps_per_epoch, disable=not dist.is_main, desc="search"
+    )
+    for epoch in range(start, cfg.epochs):
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        warmup = epoch < cfg.warmup_epochs
+        for i, (x, t) in enumerate(train_loader):
+            step = epoch * steps_per_epoch + i
+            rec = s.step(x.to(device), t.to(device), teacher, loss_fn, step, total, warmup)
+            bar.update(1)
+            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                emit({**rec, "epoch": epoch})
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", R=f"{rec['R']:.3f}", z=f"{rec['z']:.3f}")
+        keep = s.keep()
+        acc = evaluate_masked(model, keep, val_loader, device, dist) if val_loader else None
+        rec = {
+            "kind": "search_epoch",
+            "epoch": epoch,
+            "R_hard": s.cost(s.hard()),
+            "budget": cfg.budget,
+            "z": float(s.duals.z),
+            "val_acc_masked": acc,
+        }
+        history.append(rec)
+        if dist.is_main and ckpt_path is not None:
+            extra = {
+                **s.state(),
+                "kind": "uvc-search",
+                "epoch": epoch,
+                "step": (epoch + 1) * steps_per_epoch,
+                "rng": torch.get_rng_state(),
+                "config": cfg.to_dict(),
+                "history": history,
+            }
+            save_checkpoint(
+                ckpt_path, Checkpoint(model.spec, model.state_dict(), {"kind": "search"}, extra)
+            )
+        if log is not None:
+            log(rec)
+        logger.info("search epoch %d: R=%.4f z=%.4f acc=%s", epoch, rec["R_hard"], rec["z"], acc)
+    bar.close()
+
+    hard = s.hard()
+    searched = s.cost(hard)
+    scores = s.importance(model)
+    projected = project_to_budget(hard, scores, s.res, cfg.budget, cfg.align, cfg.tolerance)
+    keep = keep_from_hard(model.spec, scores, projected)
+    new_spec = spec_after(model.spec, keep)
+    final = s.res.of_spec(new_spec) / s.res.full
+    emit(
+        {
+            "kind": "search_final",
+            "R_searched": searched,
+            "R_final": final,
+            "budget": cfg.budget,
+            "metric": cfg.metric.value,
+        }
+    )
+    logger.info(
+        "search: R %.4f before projection, %.4f final (budget %.4f)", searched, final, cfg.budget
+    )
+    if dist.is_main and out_dir is not None:
+        new_spec.save(out_dir / "spec.json")
+        atomic_write_text(out_dir / "keep.json", json.dumps([k.to_dict() for k in keep]) + "\n")
+    return SearchResult(keep, new_spec, model, history, searched, final)
