@@ -1,0 +1,156 @@
+"""The search loop: budget met, files written, masked validation, resume equivalence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from export.materialize import materialize
+from tests.helpers import tiny_spec
+from uvc.checkpoint import load_checkpoint
+from uvc.cost import macs
+from uvc.dist import DistInfo
+from uvc.distill import DistillConfig, DistillLoss
+from uvc.errors import UvcError
+from uvc.model import ViT
+from uvc.search import SearchConfig, SearchResult, evaluate_masked, run_search
+from uvc.spec import ViTSpec
+
+CPU = torch.device("cpu")
+
+
+def _batches(n: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _run(
+    cfg: SearchConfig, out: Path | None, resume: bool = False, log: Any = None
+) -> SearchResult:
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    model, teacher = ViT(spec), ViT(spec)
+    teacher.load_state_dict(model.state_dict())
+    loss = DistillLoss(DistillConfig())
+    return run_search(
+        model,
+        teacher,
+        _batches(),
+        _batches(2, 1),
+        loss,
+        cfg,
+        out,
+        device=CPU,
+        resume=resume,
+        log=log,
+    )
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.7])
+def test_search_meets_the_budget_and_writes_its_files(budget: float, tmp_path: Path) -> None:
+    records: list[dict[str, Any]] = []
+    cfg = SearchConfig(budget=budget, epochs=2, warmup_epochs=1, lr=1e-3, log_every=1)
+    res = _run(cfg, tmp_path, log=records.append)
+    full = macs(tiny_spec())
+    assert budget * 0.99 <= macs(res.spec) / full <= budget
+    assert res.cost_final == pytest.approx(macs(res.spec) / full)
+    assert materialize(res.model, res.keep).spec == res.spec
+    assert ViTSpec.load(tmp_path / "spec.json") == res.spec
+    assert len(json.loads((tmp_path / "keep.json").read_text())) == res.spec.depth
+    ck = load_checkpoint(tmp_path / "search.pt")
+    assert ck.extra["epoch"] == 1 and ck.extra["step"] == 8
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"search_step", "search_epoch", "search_final"}
+    step = next(r for r in records if r["kind"] == "search_step")
+    assert {"loss", "R", "z", "budget", "lr", "gumbel_tau", "z_lr"} <= set(step)
+    epoch = [r for r in records if r["kind"] == "search_epoch"]
+    assert all(0.0 <= r["val_acc_masked"] <= 1.0 for r in epoch)
+    # Over budget from the start, z only grows while R > budget.
+    zs = [r["z"] for r in records if r["kind"] == "search_step"]
+    assert zs[-1] > 0
+
+
+def test_z_schedule_takes_effect() -> None:
+    records: list[dict[str, Any]] = []
+    cfg = SearchConfig(epochs=1, warmup_epochs=0, z_lr=0.01, z_lr_end=0.1, log_every=1)
+    _run(cfg, None, log=records.append)
+    zlr = [r["z_lr"] for r in records if r["kind"] == "search_step"]
+    assert zlr[0] == pytest.approx(0.01) and zlr[-1] == pytest.approx(0.1)
+    z = [r["z"] for r in records if r["kind"] == "search_step"]
+    r = [r["R"] for r in records if r["kind"] == "search_step"]
+    expected, zz = [], 0.0
+    for lr, rr in zip(zlr, r, strict=True):
+        zz = max(0.0, zz + lr * (rr - 0.5))
+        expected.append(zz)
+    assert z == pytest.approx(expected)
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_at", ["between_epochs", "mid_epoch"])
+def test_resume_ends_with_the_same_architecture(kill_at: str, tmp_path: Path) -> None:
+    cfg = SearchConfig(budget=0.5, epochs=3, warmup_epochs=1, lr=1e-3, log_every=1)
+    straight = _run(cfg, tmp_path / "a")
+
+    def killer(rec: dict[str, Any]) -> None:
+        if kill_at == "between_epochs" and rec["kind"] == "search_epoch" and rec["epoch"] == 1:
+            raise _Kill
+        if kill_at == "mid_epoch" and rec["kind"] == "search_step" and rec["step"] == 10:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        _run(cfg, tmp_path / "b", log=killer)
+    assert load_checkpoint(tmp_path / "b" / "search.pt").extra["epoch"] == 1
+    resumed = _run(cfg, tmp_path / "b", resume=True)
+    assert resumed.keep == straight.keep
+    assert resumed.spec == straight.spec
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    epochs = [r for r in resumed.history if r["kind"] == "search_epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]  # nothing lost, nothing repeated
+    assert epochs == [r for r in straight.history if r["kind"] == "search_epoch"]
+
+
+def test_masked_validation_is_the_materialized_accuracy() -> None:
+    from uvc.keep import random_keep
+
+    spec = tiny_spec()
+    model = ViT(spec).eval()
+    keep = random_keep(spec, 0.5, 2, drop_mlp=[1])
+    val = _batches(3, 5)
+    acc = evaluate_masked(model, keep, val, CPU, DistInfo())
+    dense = materialize(model, keep)
+    hits = sum(int((dense(x).argmax(-1) == t).sum()) for x, t in val)
+    assert acc == pytest.approx(hits / 12)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="budget"):
+        SearchConfig(budget=0.0)
+    with pytest.raises(ValueError, match="lookup table"):
+        SearchConfig(metric="latency")
+    with pytest.raises(ValueError, match="importance"):
+        SearchConfig(importance="random")
+    with pytest.raises(ValueError, match="amp"):
+        SearchConfig(amp="int8")
+    with pytest.raises(UvcError, match="CUDA"):
+        _run(SearchConfig(amp="bf16", epochs=1, warmup_epochs=0), None)
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_gradient_criteria_and_per_head_v_run(importance: str) -> None:
+    cfg = SearchConfig(
+        budget=0.6, epochs=1, warmup_epochs=0, importance=importance, per_head_v=True, align=2
+    )
+    res = _run(cfg, None)
+    assert 0.6 * 0.99 <= macs(res.spec) / macs(tiny_spec()) <= 0.6
+    assert materialize(res.model, res.keep).spec == res.spec
