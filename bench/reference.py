@@ -25,9 +25,9 @@ import torch
 from bench.harness import BenchConfig, BenchModel, BenchResult, format_table, run_benchmark
 from bench.timer import TimingConfig
 from uvc.cost import macs
-from uvc.keep import BlockKeep, KeepSet, spec_after
+from uvc.keep import BlockKeep, KeepSet
 from uvc.model import ViT
-from uvc.spec import ViTSpec
+from uvc.spec import BlockSpec, ViTSpec
 
 log = logging.getLogger("bench.reference")
 
@@ -47,23 +47,38 @@ def keep_at(spec: ViTSpec, f: float, align: int | None, seed: int = 0) -> KeepSe
     """Random indices keeping about ``f`` of every block's heads, per-head dims and MLP units."""
     rng = random.Random(seed)
     pick = lambda n, k: tuple(sorted(rng.sample(range(n), k)))  # noqa: E731
-    out = []
-    for b in spec.blocks:
-        heads = pick(b.heads, max(1, round(b.heads * f)))
-        qk = pick(b.qk_dim, _width(b.qk_dim, f, align))
-        v = pick(b.v_dim, _width(b.v_dim, f, align))
-        out.append(BlockKeep(heads, qk, v, pick(b.mlp_dim, _width(b.mlp_dim, f, align))))
-    return tuple(out)
+    return tuple(
+        BlockKeep(
+            pick(b.heads, w.heads),
+            pick(b.qk_dim, w.qk_dim),
+            pick(b.v_dim, w.v_dim),
+            pick(b.mlp_dim, w.mlp_dim),
+        )
+        for b, w in zip(spec.blocks, widths_at(spec, f, align).blocks, strict=True)
+    )
+
+
+def widths_at(spec: ViTSpec, f: float, align: int | None) -> ViTSpec:
+    """The spec ``keep_at`` materializes to (arithmetic only, no index sampling)."""
+    return spec.replace(
+        blocks=tuple(
+            BlockSpec(
+                max(1, round(b.heads * f)),
+                _width(b.qk_dim, f, align),
+                _width(b.v_dim, f, align),
+                _width(b.mlp_dim, f, align),
+            )
+            for b in spec.blocks
+        )
+    )
 
 
 def half_keep(spec: ViTSpec, align: int | None, target: float = TARGET_MACS) -> KeepSet:
     """The ``keep_at`` whose MACs are closest to ``target`` x the dense model's."""
     full = macs(spec)
-    best = min(
-        (abs(macs(spec_after(spec, keep_at(spec, f / 200, align))) / full - target), f / 200)
-        for f in range(40, 201)
-    )
-    return keep_at(spec, best[1], align)
+    fractions = [i / 200 for i in range(40, 201)]
+    best = min(fractions, key=lambda f: abs(macs(widths_at(spec, f, align)) / full - target))
+    return keep_at(spec, best, align)
 
 
 def compressed_models(name: str, seed: int = 0) -> list[BenchModel]:

@@ -73,7 +73,11 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))
         object.__setattr__(self, "precision", Precision(self.precision))
-        if torch.device(self.device).type not in ("cpu", "cuda"):
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")

@@ -1,0 +1,109 @@
+"""Latency tables: measured grids round-trip through uvc.cost.LatencyTable and predict models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.lut import (
+    LutConfig,
+    build_lut,
+    default_frame,
+    default_grid,
+    frame_spec,
+    lut_error,
+    random_specs,
+)
+from bench.timer import TimingConfig
+from tests.helpers import tiny_spec
+from uvc.cost import LatencyTable
+from uvc.errors import SpecError
+from uvc.spec import BlockSpec
+
+TINY_TIMING = TimingConfig(warmup=1, rounds=1, reps=2)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory) -> tuple[LutConfig, LatencyTable, Path]:
+    config = LutConfig(
+        spec=tiny_spec(),
+        heads=(1, 4),
+        qk_dims=(4, 8),
+        v_dims=(4, 10),
+        mlp_dims=(16, 96),
+        threads=1,
+        timing=TINY_TIMING,
+    )
+    out = tmp_path_factory.mktemp("lut") / "lut.json"
+    table, err = build_lut(config, out, check_specs=2)
+    assert err is not None
+    return config, table, out
+
+
+def test_table_round_trips_through_json(measured: tuple[LutConfig, LatencyTable, Path]) -> None:
+    _, table, path = measured
+    loaded = LatencyTable.load(path)
+    assert loaded.to_dict() == table.to_dict()
+    assert loaded.embed_dim == 32 and loaded.tokens == tiny_spec().num_tokens
+    assert loaded.meta["backend"] == "eager" and loaded.meta["batch"] == 1
+    assert loaded.attn_ms.shape == (2, 2, 2) and loaded.mlp_ms.shape == (2,)
+    assert bool((loaded.attn_ms > 0).all()) and bool((loaded.mlp_ms > 0).all())
+    assert loaded.fixed_ms > 0
+
+
+def test_interpolation_hits_grid_points_and_sums_blocks(
+    measured: tuple[LutConfig, LatencyTable, Path],
+) -> None:
+    _, table, _ = measured
+    t = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+    assert float(table.attn_ms_at(t(4), t(8), t(10))) == pytest.approx(
+        float(table.attn_ms[1, 1, 1])
+    )
+    assert float(table.mlp_ms_at(t(16))) == pytest.approx(float(table.mlp_ms[0]))
+    mid = float(table.mlp_ms_at(t(56)))  # halfway between 16 and 96
+    assert mid == pytest.approx(float(table.mlp_ms.mean()))
+    spec = tiny_spec(blocks=(BlockSpec(4, 8, 10, 96), BlockSpec(0, 0, 0, 16)))
+    expected = table.fixed_ms + float(table.attn_ms[1, 1, 1] + table.mlp_ms[1] + table.mlp_ms[0])
+    assert table.model_ms(spec) == pytest.approx(expected)
+
+
+def test_lut_error_structure(measured: tuple[LutConfig, LatencyTable, Path]) -> None:
+    config, table, _ = measured
+    specs = random_specs(config.spec, 2, seed=3)
+    err = lut_error(table, specs, config)
+    assert len(err.predicted_ms) == len(err.measured_ms) == 2
+    assert all(m > 0 for m in err.measured_ms)
+    assert min(err.rel_errors) <= err.median_rel_error <= max(err.rel_errors)
+
+
+def test_random_specs_are_valid_compressions() -> None:
+    spec = tiny_spec()
+    specs = random_specs(spec, 6, seed=0)
+    assert len({s.to_json() for s in specs}) > 1
+    for s in specs:
+        assert s.embed_dim == spec.embed_dim and s.depth == spec.depth
+        for b, full in zip(s.blocks, spec.blocks, strict=True):
+            assert b.heads <= full.heads and b.mlp_dim <= full.mlp_dim
+
+
+def test_grids_and_frames() -> None:
+    assert default_grid(3, step=1) == (1, 2, 3)
+    assert default_grid(64, low=8) == (8, 32, 64)
+    assert default_grid(768, 4, low=16) == (16, 264, 520, 768)
+    assert frame_spec(192, 197).num_tokens == 197
+    assert default_frame(384, 197).blocks[0] == BlockSpec(6, 64, 64, 1536)
+    with pytest.raises(SpecError, match="square"):
+        frame_spec(192, 100)
+    cfg = LutConfig.for_spec(default_frame(192, 197))
+    assert cfg.heads == (1, 2, 3) and cfg.mlp_dims[-1] == 768
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        LutConfig(spec=tiny_spec(), heads=(2, 1))
+    with pytest.raises(ValueError, match="not ort"):
+        LutConfig(spec=tiny_spec(), backend="ort")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        LutConfig(spec=tiny_spec(), batch=0)
