@@ -146,6 +146,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     try:
         summary = _export_into(cfg, model, source, tmp)
         _json_dump(tmp / "export.json", summary)
+        _usual_permissions(tmp)
         files = tuple(sorted(p.name for p in tmp.iterdir()))
         _move_into_place(tmp, cfg.out)
     finally:
@@ -361,6 +362,15 @@ def _make_tmp(out: Path) -> Path:
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
     return tmp
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Atomic writers create private (0600) files; give artifacts the umask's permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
