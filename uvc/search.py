@@ -160,6 +160,8 @@ class SearchResult:
         history: every logged record.
         cost_searched: R / R_full the primal-dual reached, before the final projection.
         cost_final: R / R_full of ``spec``.
+        state: the final counts (``structure.*``), gate logits (``gates.*``) and duals
+            (``duals.*``), as tensors.
     """
 
     keep: KeepSet
@@ -168,6 +170,7 @@ class SearchResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     cost_searched: float = float("nan")
     cost_final: float = float("nan")
+    state: dict[str, Tensor] = field(default_factory=dict)
 
 
 class _Search:
@@ -565,4 +568,10 @@ def run_search(
     if dist.is_main and out_dir is not None:
         new_spec.save(out_dir / "spec.json")
         atomic_write_text(out_dir / "keep.json", json.dumps([k.to_dict() for k in keep]) + "\n")
-    return SearchResult(keep, new_spec, model, history, searched, final)
+    st = s.state()
+    flat = {
+        f"{part}.{k}": v.detach().cpu()
+        for part in ("structure", "gates", "duals")
+        for k, v in st[part].items()
+    }
+    return SearchResult(keep, new_spec, model, history, searched, final, flat)

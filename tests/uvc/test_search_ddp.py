@@ -1,0 +1,76 @@
+"""Under DDP (2 CPU processes, gloo) counts, gates and duals stay identical on every rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    from tests.helpers import tiny_spec
+    from uvc.dist import DistInfo
+    from uvc.distill import DistillConfig, DistillLoss
+    from uvc.model import ViT
+    from uvc.search import SearchConfig, run_search
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(rank)  # different initial weights: run_search must sync them from rank 0
+        spec = tiny_spec()
+        model, teacher = ViT(spec), ViT(spec)
+        g = torch.Generator().manual_seed(100 + rank)  # every rank sees its own data shard
+        data = [
+            (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))
+            for _ in range(3)
+        ]
+        snaps: list[dict[str, torch.Tensor]] = []
+
+        cfg = SearchConfig(budget=0.5, epochs=2, warmup_epochs=1, lr=1e-3, log_every=1)
+        out = Path(out_dir) / "run"
+        res = run_search(
+            model,
+            teacher,
+            data,
+            data[:1],
+            DistillLoss(DistillConfig()),
+            cfg,
+            out,
+            device=torch.device("cpu"),
+            dist=DistInfo(rank, WORLD, rank),
+            log=lambda r: (
+                snaps.append({"R": torch.tensor(r["R"]), "z": torch.tensor(r["z"])})
+                if r["kind"] == "search_step"
+                else None
+            ),
+        )
+        state = {f"model.{k}": v for k, v in res.model.state_dict().items()}
+        state.update(res.state)  # counts, gate logits, duals
+        for i, s in enumerate(snaps):
+            state.update({f"step{i}.{k}": v for k, v in s.items()})
+        state["keep"] = torch.tensor([len(k.heads) * 1000 + len(k.mlp) for k in res.keep])
+        torch.save(state, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_stay_identical(tmp_path: Path) -> None:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available in this build")
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    assert a.keys() == b.keys() and any(k.startswith("step") for k in a)
+    assert {"structure.mlp", "gates.logits", "duals.z", "duals.y"} <= set(a)
+    assert float(a["duals.z"]) > 0 and not torch.equal(
+        a["gates.logits"][0], torch.tensor([[-1.0, 1.0]] * 3)
+    )
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # Only rank 0 writes files; the search's own checkpoint holds counts, gates and duals.
+    assert (tmp_path / "run" / "search.pt").is_file()
