@@ -75,20 +75,3 @@ def _weight_bytes(path: Path) -> int:
     from onnx import numpy_helper
 
     return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
-
-
-def _weight_bytes(path: Path) -> int:
-    import onnx
-    from onnx import numpy_helper
-
-    return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
-
-
-def test_fp16_of_dynamo_graph(tmp_path: Path) -> None:
-    """The dynamo graph differs (no Constant nodes, opset conversion); it converts too."""
-    pytest.importorskip("onnxscript")
-    model = ViT(tiny_spec(embed_dim=16, blocks=tiny_spec().blocks[:1])).eval()
-    fp32 = export_onnx(model, tmp_path / "m.onnx")
-    fp16 = convert_to_fp16(fp32, tmp_path / "m.fp16.onnx")
-    xs, _ = validation_inputs((3, 32, 32), (2, 3))
-    assert validate_onnx(model, fp16, xs).min_cosine > 0.999
