@@ -122,3 +122,39 @@ def test_validation_inputs_digits() -> None:
     assert [x.shape for x in xs] == [(1, 3, 32, 32), (4, 3, 32, 32)]
     assert "digits" in where
     assert not torch.equal(xs[1][0], xs[1][1])
+
+
+def test_validation_inputs_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from uvc.errors import DataError
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(3):
+            color = (40 * i, 200 if cls == "cat" else 0, 90)
+            Image.new("RGB", (40, 40), color).save(tmp_path / "val" / cls / f"{i}.png")
+    xs, where = validation_inputs((3, 32, 32), (1, 4), tmp_path)
+    assert [tuple(x.shape) for x in xs] == [(1, 3, 32, 32), (4, 3, 32, 32)]
+    assert str(tmp_path) in where
+    with pytest.raises(DataError, match="6 images"):
+        validation_inputs((3, 32, 32), (4, 4), tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        validation_inputs((3, 32, 32), (1,), tmp_path / "missing")
+
+
+def test_external_data_beyond_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the threshold the weights go to <name>.data; the pair checks, runs and converts."""
+    import export.onnx as onnx_mod
+
+    monkeypatch.setattr(onnx_mod, "EXTERNAL_DATA_THRESHOLD", 0)
+    model = _model()
+    path = export_onnx(model, tmp_path / "m.onnx", exporter=Exporter.TORCHSCRIPT)
+    data = tmp_path / "m.onnx.data"
+    assert data.is_file() and data.stat().st_size > path.stat().st_size
+    check_onnx(path, opset=17)
+    xs, _ = validation_inputs((3, 32, 32), (1, 2))
+    assert validate_onnx(model, path, xs, atol=1e-4).max_abs < 1e-5
+    fp16 = convert_to_fp16(path, tmp_path / "m.fp16.onnx")
+    assert (tmp_path / "m.fp16.onnx.data").is_file()
+    assert validate_onnx(model, fp16, xs).min_cosine > 0.999
