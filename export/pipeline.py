@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import torch
 
+from export.artifacts import check_out, make_staging, move_into_place, usual_permissions, write_json
 from export.onnx import MIN_OPSET, Exporter
 from export.validate import ValidationReport
 from uvc.errors import ExportError, ValidationError
@@ -140,15 +139,15 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         # Fail before any work when the engine cannot be built here.
         require_tensorrt()
         require_cuda()
-    _check_out(cfg.out)
+    check_out(cfg.out)
     model, source = load_export_model(cfg.model, cfg.weights)
-    tmp = _make_tmp(cfg.out)
+    tmp = make_staging(cfg.out)
     try:
         summary = _export_into(cfg, model, source, tmp)
-        _json_dump(tmp / "export.json", summary)
-        _usual_permissions(tmp)
+        write_json(tmp / "export.json", summary)
+        usual_permissions(tmp)
         files = tuple(sorted(p.name for p in tmp.iterdir()))
-        _move_into_place(tmp, cfg.out)
+        move_into_place(tmp, cfg.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s -> %s (%s)", cfg.model, cfg.out, ", ".join(files))
@@ -174,7 +173,7 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
         ckpt = load_checkpoint(path)
         model = ViT(ckpt.spec)
         load_weights(model, ckpt.state_dict if weights is None else weights)
-        keep_data = ckpt.extra.get("keep")
+        keep_data = _keep_of(path, ckpt)
         if keep_data is None:
             return model.eval(), "dense checkpoint"
         try:
@@ -185,6 +184,31 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
         return materialize(model, keep).eval(), "search checkpoint (materialized)"
     model = load_model(target, weights)
     return model.eval(), "weights file" if weights is not None else "random init"
+
+
+def _keep_of(path: Path, ckpt: Any) -> list[dict[str, Any]] | None:
+    """The keep-set of a search checkpoint: ``extra["keep"]``, else ``keep.json`` beside it.
+
+    ``uvc.search`` writes ``search.pt`` every epoch (full weights, no keep-set) and the final,
+    budget-projected keep-set to ``keep.json`` in the same folder when the search ends.
+    """
+    from uvc.errors import CheckpointError
+
+    if "keep" in ckpt.extra:
+        return ckpt.extra["keep"]
+    is_search = ckpt.meta.get("kind") == "search" or ckpt.extra.get("kind") == "uvc-search"
+    if not is_search:
+        return None
+    keep_file = path.parent / "keep.json"
+    if not keep_file.is_file():
+        raise CheckpointError(
+            f"{path} is a search checkpoint without a keep-set and {keep_file} is missing: let the "
+            "search finish (it writes keep.json) or export the run's final.pt"
+        )
+    try:
+        return json.loads(keep_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read the keep-set {keep_file}: {exc}") from None
 
 
 def _read_torch_file(path: Path) -> object:
@@ -333,60 +357,3 @@ def _versions() -> dict[str, str | None]:
     except ImportError:
         pass
     return out
-
-
-def _json_dump(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _check_out(out: Path) -> None:
-    """Refuse an output folder we must not replace: a file, or a folder with foreign content."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
-        raise ExportError(
-            f"--out {out} is not empty and holds no previous uvc export; choose an empty or new "
-            "folder"
-        )
-
-
-def _make_tmp(out: Path) -> Path:
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
-    # mkdtemp makes a private (0700) folder; the final folder should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
-def _usual_permissions(folder: Path) -> None:
-    """Atomic writers create private (0600) files; give artifacts the umask's permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in folder.iterdir():
-        if p.is_file():
-            p.chmod(0o666 & ~umask)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; a previous export there is replaced whole."""
-    old = None
-    try:
-        if out.is_dir():
-            if any(out.iterdir()):
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-            else:
-                out.rmdir()
-        os.replace(tmp, out)
-    except OSError as exc:
-        if old is not None and not out.exists():
-            os.replace(old, out)  # put the previous export back
-        raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -91,6 +91,23 @@ def test_search_checkpoint_is_materialized(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
+def test_search_checkpoint_with_keep_json(tmp_path: Path) -> None:
+    """uvc.search writes search.pt without a keep-set and keep.json beside it."""
+    spec = tiny_spec()
+    keep = random_keep(spec, 0.5, seed=2)
+    run = tmp_path / "run"
+    path = save_checkpoint(
+        run / "search.pt",
+        Checkpoint(spec, ViT(spec).state_dict(), {"kind": "search"}, {"kind": "uvc-search"}),
+    )
+    code, output = _run(path, "--out", tmp_path / "missing", "--no-onnx", *FAST)
+    assert code == 2 and "keep.json" in _error_lines(output)[0]
+    (run / "keep.json").write_text(json.dumps([k.to_dict() for k in keep]))
+    code, output = _run(path, "--out", tmp_path / "out", "--no-onnx", *FAST)
+    assert code == 0, output
+    assert load_checkpoint(tmp_path / "out" / "model.pt").spec == spec_after(spec, keep)
+
+
 def test_validation_failure_exits_1_and_keeps_out_clean(tmp_path: Path, spec_json: Path) -> None:
     out = tmp_path / "out"
     code, output = _run(spec_json, "--out", out, "--atol", "1e-12", *FAST)
