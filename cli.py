@@ -289,6 +289,8 @@ def demo(out: str, fresh: bool, device: str, seed: int, no_progress: bool) -> No
     help="torch.onnx exporter.",
 )
 @click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT timing cache.")
+@click.option("--workspace-mib", default=4096, show_default=True, help="TensorRT workspace.")
+@click.option("--tf32", is_flag=True, help="Allow TF32 in FP32 TensorRT engines (off: real FP32).")
 @_handle_errors
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.

@@ -184,3 +184,13 @@ def test_trt_without_tensorrt_names_the_gpu_extra(tmp_path: Path, spec_json: Pat
     (line,) = _error_lines(output)
     assert "uvc[gpu]" in line and "docker" in line.lower()
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_simplify_with_onnxslim(tmp_path: Path, spec_json: Path) -> None:
+    pytest.importorskip("onnxslim", reason="onnxslim is the optional 'simplify' extra")
+    out = tmp_path / "out"
+    code, output = _run(spec_json, "--out", out, "--simplify", *FAST)
+    assert code == 0, output
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["onnx"]["simplified"] is True
+    assert summary["validation"]["onnx"]["max_abs"] <= 1e-4
