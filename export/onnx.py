@@ -136,7 +136,18 @@ def export_onnx(
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporters' deprecation and progress chatter for this call only."""
-    noisy = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    # onnx_ir logs every graph rewrite at INFO; torch's exporter sets levels on its own
+    # child loggers, so those are named one by one.
+    names = (
+        "torch.onnx",
+        "torch.onnx._internal.exporter._compat",
+        "torch.onnx._internal.exporter._core",
+        "torch.onnx._internal.exporter._registration",
+        "torch.export",
+        "onnxscript",
+        "onnx_ir",
+    )
+    noisy = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in noisy]
     try:
         for lg in noisy:
