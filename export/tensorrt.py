@@ -233,7 +233,9 @@ class TrtRunner:
         if not self.engine_path.is_file():
             raise ExportError(f"engine not found: {self.engine_path}")
         self._trt = trt
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # Keep the logger referenced as long as the runtime that reports through it.
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise ExportError(
@@ -257,6 +259,7 @@ class TrtRunner:
         # Release in reverse order of creation: the context uses the engine.
         self._context = None
         self._engine = None
+        self._runtime = None
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) on the GPU -> logits (B, classes) on the GPU, in float32.
@@ -279,7 +282,8 @@ class TrtRunner:
         with torch.cuda.device(x.device):
             x = x.to(self.input_dtype).contiguous()
             ctx = self._context
-            ctx.set_input_shape(self.input_name, tuple(x.shape))
+            if not ctx.set_input_shape(self.input_name, tuple(x.shape)):
+                raise ExportError(f"the engine rejects input shape {tuple(x.shape)}")
             out_shape = tuple(ctx.get_tensor_shape(self.output_name))
             out = torch.empty(out_shape, dtype=self.output_dtype, device=x.device)
             ctx.set_tensor_address(self.input_name, x.data_ptr())
