@@ -125,8 +125,7 @@ def export_onnx(
                     **names,
                 )
     except Exception as exc:  # the exporters raise many unrelated types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"ONNX export ({exporter.value}) failed: {first}") from exc
+        raise ExportError(f"ONNX export ({exporter.value}) failed: {_first_line(exc)}") from exc
     if exporter is Exporter.TORCHSCRIPT and external:
         _move_to_external(path)
     log.info("exported %s (%s exporter, opset %d)", path, exporter.value, opset)
@@ -172,6 +171,10 @@ def _move_to_external(path: Path) -> None:
         all_tensors_to_one_file=True,
         location=path.name + ".data",
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def check_onnx(path: Path, opset: int | None = None) -> None:
@@ -250,7 +253,12 @@ def validate_onnx(
     import numpy as np
 
     ref_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
-    sess = ort_session(path)
+    try:
+        sess = ort_session(path)
+    except Exception as exc:  # onnxruntime raises its own exception classes
+        raise ExportError(
+            f"ONNX Runtime cannot load {Path(path).name}: {_first_line(exc)}"
+        ) from exc
     in_type = sess.get_inputs()[0].type
     np_dtype = np.float16 if "float16" in in_type else np.float32
     rows: list[Comparison] = []
@@ -258,7 +266,12 @@ def validate_onnx(
         x = x.detach().to(device="cpu", dtype=torch.float32)
         with torch.no_grad():
             ref = ref_model(x)
-        (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np_dtype)})
+        try:
+            (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np_dtype)})
+        except Exception as exc:
+            raise ExportError(
+                f"ONNX Runtime fails on {Path(path).name} at batch {x.shape[0]}: {_first_line(exc)}"
+            ) from exc
         rows.append(compare(ref, torch.from_numpy(out.astype(np.float32))))
     report = ValidationReport(name=name, runtime="onnxruntime-cpu", comparisons=tuple(rows))
     if atol is not None:

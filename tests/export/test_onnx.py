@@ -158,3 +158,13 @@ def test_external_data_beyond_threshold(tmp_path: Path, monkeypatch: pytest.Monk
     fp16 = convert_to_fp16(path, tmp_path / "m.fp16.onnx")
     assert (tmp_path / "m.fp16.onnx.data").is_file()
     assert validate_onnx(model, fp16, xs).min_cosine > 0.999
+
+
+def test_unloadable_graph_is_an_export_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    xs, _ = validation_inputs((3, 32, 32), (1,))
+    with pytest.raises(ExportError, match=r"ONNX Runtime cannot load bad\.onnx"):
+        validate_onnx(_model(), bad, xs)
+    with pytest.raises(ExportError, match=r"onnx\.checker"):
+        check_onnx(bad)
