@@ -139,7 +139,11 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
     graph.node.extend(new_nodes)
     # Old intermediate type annotations say FP32; drop them and let inference redo them.
     del graph.value_info[:]
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as exc:  # onnx raises InferenceError and friends
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"the FP16 graph of {Path(src).name} is inconsistent: {first}") from exc
     dst = Path(dst)
     external = proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
     onnx.save_model(
