@@ -33,6 +33,7 @@ RUN_FILES = (
     "teacher.pt",
     "search.pt",
     "spec.json",
+    "keep.json",
     "finetune.pt",
     "final.pt",
     "log.jsonl",
@@ -299,7 +300,7 @@ def _search_config(cfg: TrainConfig) -> Any:
 def run_stages(cfg: TrainConfig) -> TrainResult:
     """Teacher (if needed) -> search -> materialize -> finetune -> final.pt, each resumable."""
     from export.materialize import materialize
-    from uvc.checkpoint import Checkpoint, save_checkpoint
+    from uvc.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
     from uvc.cost import macs, params
     from uvc.data import DataConfig, build_data
     from uvc.dist import init_distributed
@@ -309,18 +310,9 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     from uvc.runlog import RunLog, SummaryRow, summary_table
     from uvc.teacher import Teachers, build_timm_teacher, load_base_model
 
-    try:
-        from uvc.search import run_search
-    except ImportError as exc:
-        raise UvcError(f"the search stage (uvc.search) is not available: {exc}") from None
-
     dist, device = init_distributed(cfg.device)
     out = Path(cfg.out)
     main = dist.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    runlog = RunLog(out / "log.jsonl" if main else None)
     torch.manual_seed(cfg.seed)
 
     # The data decides the classes; the model decides the image size (or --img-size does).
@@ -339,6 +331,11 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     data = build_data(data_cfg, dist)
     model, trained = load_base_model(cfg.model, cfg.weights, data.num_classes, cfg.img_size)
     original = model.spec
+    # Only a run that got this far (valid data and model) claims the folder.
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    runlog = RunLog(out / "log.jsonl" if main else None)
     loss_fn = DistillLoss(DistillConfig(cfg.kd, cfg.alpha, cfg.tau, cfg.label_smoothing))
     amp = cfg.amp
 
@@ -383,6 +380,10 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     teachers = Teachers(copy.deepcopy(model), extra).to(device)
 
     # Stage 1: search (masks, gates, duals) on a copy of the uncompressed model.
+    try:
+        from uvc.search import run_search
+    except ImportError as exc:
+        raise UvcError(f"the search stage (uvc.search) is not available: {exc}") from None
     student = copy.deepcopy(model).to(device)
     result = run_search(
         student,

@@ -170,9 +170,14 @@ def load_base_model(
     from uvc.weights import load_weights
 
     if target == DEMO_MODEL:
-        model = ViT(demo_spec(num_classes, img_size or 32))
-        if weights is not None:
-            load_weights(model, weights)
+        from uvc.weights import read_state_dict
+
+        state = read_state_dict(weights) if weights is not None else None
+        head = None if state is None else state.get("head.weight")
+        classes = num_classes if head is None else int(head.shape[0])
+        model = ViT(demo_spec(classes, img_size or 32))
+        if state is not None:
+            load_weights(model, state)
     else:
         model = load_model(target, weights)
     has_weights = weights is not None or Path(target).suffix == ".pt"

@@ -1,0 +1,84 @@
+"""``uvc train`` / ``uvc demo`` on the command line: help, clean errors, kill -9 and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from uvc.spec import ViTSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+UVC = [sys.executable, "-c", "from cli import main; main()"]
+
+
+def test_train_help_lists_the_options() -> None:
+    res = CliRunner().invoke(cli, ["train", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--model", "--weights", "--data", "--budget", "--metric", "--kd", "--resume",
+                "--teacher-weights", "--search-epochs", "--finetune-epochs", "--amp"):  # fmt: skip
+        assert opt in res.output
+    demo = CliRunner().invoke(cli, ["demo", "--help"])
+    assert demo.exit_code == 0 and "--out" in demo.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "1.5"], "error: budget must be in (0, 1]"),
+        (["--data", "/nonexistent/images"], "error: dataset folder not found: /nonexistent/images"),
+        (["--metric", "latency"], "error: metric 'latency' needs a latency table"),
+        (["--resume", "/nonexistent/run"], "error: /nonexistent/run holds no uvc run"),
+        (["--model", "missing.json"], "error: file not found: missing.json"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert "Traceback" not in res.output
+
+
+def _train_args(out: Path, spec: Path) -> list[str]:
+    return [
+        "train", "--model", str(spec), "--data", "digits", "--out", str(out),
+        "--teacher-epochs", "1", "--search-epochs", "4", "--warmup-epochs", "1",
+        "--finetune-epochs", "1", "--batch-size", "128", "--lr", "3e-3", "--device", "cpu",
+        "--seed", "3", "--no-progress",
+    ]  # fmt: skip
+
+
+def test_kill_and_resume_gives_the_same_architecture(tmp_path: Path) -> None:
+    pytest.importorskip("uvc.search", reason="the search stage (uvc/search.py) is not present")
+    spec = ViTSpec.uniform(2, 32, 2, 2.0, img_size=16, patch_size=4, num_classes=10)
+    spec_file = spec.save(tmp_path / "tiny.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run = subprocess.run([*UVC, *_train_args(straight, spec_file)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+
+    proc = subprocess.Popen([*UVC, *_train_args(killed, spec_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 90
+    while not (killed / "search.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "search.pt").exists(), "the run ended before its first search checkpoint"
+    assert not (killed / "final.pt").exists(), "the run finished before it could be killed"
+
+    res = subprocess.run([*UVC, "train", "--resume", str(killed)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ViTSpec.load(killed / "spec.json") == ViTSpec.load(straight / "spec.json")
+    assert (killed / "keep.json").read_text() == (straight / "keep.json").read_text()
+    assert "compressed" in res.stdout
