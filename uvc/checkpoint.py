@@ -96,7 +96,7 @@ def safe_torch_load(path: Path) -> Any:
             ) from None
         reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
 
