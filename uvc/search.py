@@ -81,6 +81,8 @@ class SearchConfig:
         seed: seeds the gate noise.
         log_every: steps between step records.
         tolerance: the final projection lands within ``[budget * (1 - tolerance), budget]``.
+        budget_hinge: the primal budget term is ``z * max(R - budget, 0)`` (no push below the
+            budget) instead of UVC's ``z * (R - budget)``.
     """
 
     budget: float = 0.5
@@ -99,9 +101,9 @@ class SearchConfig:
     warmup_gate: float = 0.5
     gumbel_tau: float = 0.5
     gumbel_tau_end: float = 0.5
-    z_lr: float = 0.05
+    z_lr: float = 0.1
     z_lr_end: float | None = None
-    y_lr: float = 0.01
+    y_lr: float = 0.001
     mask_temperature: float = 1.0
     importance: str = "magnitude"
     per_head_v: bool = False
@@ -110,6 +112,7 @@ class SearchConfig:
     seed: int = 0
     log_every: int = 10
     tolerance: float = 0.01
+    budget_hinge: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
@@ -280,7 +283,12 @@ class _Search:
             kd = loss_fn(out, t, t_logits)
         lost = torch.stack([sb.lost for sb in soft])
         z = self.duals.z.to(self.device)
-        lag = kd + (self.duals.per_part().to(lost) * lost).sum() + z * (r - cfg.budget)
+        gap = r - cfg.budget
+        # With the hinge, the budget term stops pushing the counts once R is under budget (z
+        # itself still sees the signed gap and decays); without it, a z wound up while over
+        # budget keeps pruning far past the target before it has decayed.
+        budget_term = z * (torch.clamp(gap, min=0.0) if cfg.budget_hinge else gap)
+        lag = kd + (self.duals.per_part().to(lost) * lost).sum() + budget_term
         (self.scaler.scale(lag) if self.scaler else lag).backward()
         extra = list(self.structure.parameters()) + list(self.gates.parameters())
         _all_reduce_grads(list(model.parameters()) + extra, self.dist)
