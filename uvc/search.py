@@ -505,6 +505,8 @@ def run_search(
         model.load_state_dict(ck.state_dict)
         s.load_state(ck.extra)
         torch.set_rng_state(ck.extra["rng"])
+        if device.type == "cuda" and ck.extra.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck.extra["cuda_rng"], device)
         history.extend(ck.extra.get("history", []))
         start = int(ck.extra["epoch"]) + 1
         logger.info("resuming the search at epoch %d of %d", start, cfg.epochs)
@@ -543,6 +545,7 @@ def run_search(
                 "epoch": epoch,
                 "step": (epoch + 1) * steps_per_epoch,
                 "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "config": cfg.to_dict(),
                 "history": history,
             }

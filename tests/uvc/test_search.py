@@ -154,3 +154,18 @@ def test_gradient_criteria_and_per_head_v_run(importance: str) -> None:
     res = _run(cfg, None)
     assert 0.6 * 0.99 <= macs(res.spec) / macs(tiny_spec()) <= 0.6
     assert materialize(res.model, res.keep).spec == res.spec
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision search needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_search_on_gpu(amp: str) -> None:
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    model, teacher = ViT(spec), ViT(spec)
+    cfg = SearchConfig(budget=0.6, epochs=1, warmup_epochs=0, amp=amp)
+    dev = torch.device("cuda")
+    res = run_search(
+        model, teacher, _batches(), None, DistillLoss(DistillConfig()), cfg, None, device=dev
+    )
+    assert 0.6 * 0.99 <= macs(res.spec) / macs(spec) <= 0.6
+    assert all(torch.isfinite(v).all() for v in res.model.state_dict().values())
