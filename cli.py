@@ -252,9 +252,16 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
 @click.option("--fresh", is_flag=True, help="Delete a previous demo run in --out first.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="CPU threads for torch (0: torch's default).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_handle_errors
-def demo(out: str, fresh: bool, device: str, seed: int, no_progress: bool) -> None:
+def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progress: bool) -> None:
     """The whole job on the built-in default, in a few minutes on a CPU.
 
     A tiny ViT on the built-in digits dataset: train the teacher, UVC search at half the MACs,
@@ -263,7 +270,14 @@ def demo(out: str, fresh: bool, device: str, seed: int, no_progress: bool) -> No
     """
     from pipeline import demo as run_demo
 
-    result = run_demo(out, fresh=fresh, device=device, seed=seed, progress=not no_progress)
+    result = run_demo(
+        out,
+        fresh=fresh,
+        device=device,
+        seed=seed,
+        progress=not no_progress,
+        threads=threads or None,
+    )
     click.echo(result.summary)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def test_run_log_covers_every_stage(tiny_run: tuple) -> None:
 def test_final_checkpoint_reproduces_its_accuracy_in_a_fresh_process(tiny_run: tuple) -> None:
     cfg, res = tiny_run
     code = f"import pipeline; print(pipeline.evaluate_final({cfg.out!r}))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no spin-waiting threads on a busy machine
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(res.accuracy, abs=1e-9)
