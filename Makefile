@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create/refresh the virtual environment (.venv) with uvc and its dev tools
 
 demo: $(STAMP)  ## run the main job on the built-in default
-	$(BIN)/uvc inspect deit_small_patch16_224  # until `uvc demo` lands
+	$(BIN)/uvc demo
 
 test: $(STAMP)  ## lint, format check and the CPU test suite
 	$(BIN)/ruff check .

@@ -244,7 +244,7 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
         except ValueError as exc:
             raise UvcError(str(exc)) from None
         result = run_train(cfg)
-    click.echo(result.summary)
+    click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")
 
 
 @cli.command()
@@ -278,7 +278,7 @@ def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progres
         progress=not no_progress,
         threads=threads or None,
     )
-    click.echo(result.summary)
+    click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")
 
 
 @cli.command("export")

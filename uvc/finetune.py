@@ -199,7 +199,7 @@ def finetune(
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.index else None)
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
