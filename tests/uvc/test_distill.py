@@ -121,3 +121,21 @@ def test_resizing_teacher_and_teachers() -> None:
     avg, none = teacher_logits(t, x, distilled=False)
     assert torch.allclose(avg, out) and none is None
     assert teacher_logits(None, x, distilled=False) == (None, None)
+
+
+def test_timm_teacher_from_a_local_file(tmp_path) -> None:
+    import timm
+
+    from uvc.errors import WeightsError
+    from uvc.teacher import build_timm_teacher
+
+    cnn = timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()
+    path = tmp_path / "cnn.pth"
+    torch.save(cnn.state_dict(), path)
+    teacher = build_timm_teacher("resnet10t", path, num_classes=4)
+    x = torch.randn(2, 3, 16, 16)
+    expected = cnn(F.interpolate(x, size=(teacher.img_size,) * 2, mode="bilinear"))
+    assert teacher.img_size == cnn.pretrained_cfg["input_size"][-1]  # its own resolution
+    assert torch.allclose(teacher(x), expected, atol=1e-5)
+    with pytest.raises(WeightsError, match="do not fit"):
+        build_timm_teacher("resnet10t", path, num_classes=7)
