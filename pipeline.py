@@ -27,6 +27,7 @@ log = logging.getLogger("uvc.pipeline")
 
 METRICS = ("macs", "params", "latency")
 IMPORTANCES = ("magnitude", "taylor", "fisher")
+SEARCH_SEED_EPOCH = 1_000_000  # an "epoch" no data loader reaches: the search's own RNG stream
 # Files a run writes in its output folder (``fresh`` removes exactly these, nothing else).
 RUN_FILES = (
     "config.json",
@@ -311,7 +312,7 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     from export.materialize import materialize
     from uvc.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
     from uvc.cost import macs, params
-    from uvc.data import DataConfig, build_data
+    from uvc.data import DataConfig, build_data, seed_epoch
     from uvc.dist import init_distributed
     from uvc.distill import DistillConfig, DistillLoss
     from uvc.finetune import FinetuneConfig, evaluate, finetune
@@ -360,22 +361,25 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
             progress=cfg.progress,
         )
 
+    loaders = (data.train, data.val)
+    common: dict[str, Any] = {
+        "device": device,
+        "dist": dist,
+        "resume": True,
+        "log_fn": runlog,
+        "mixup": data.mixup,
+    }
     # Stage 0: a teacher that fits the data (the uncompressed model trained with labels only).
     if not trained and cfg.teacher_epochs > 0:
         labels_only = DistillLoss(DistillConfig("none", 0.0, 1.0, cfg.label_smoothing))
         res = finetune(
             model,
             None,
-            data.train,
-            data.val,
+            *loaders,
             labels_only,
             stage_cfg("teacher", cfg.teacher_epochs),
             out,
-            device=device,
-            dist=dist,
-            resume=True,
-            log_fn=runlog,
-            mixup=data.mixup,
+            **common,
         )
         teacher_acc = res.accuracy
     else:
@@ -394,6 +398,9 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     except ImportError as exc:
         raise UvcError(f"the search stage (uvc.search) is not available: {exc}") from None
     student = copy.deepcopy(model).to(device)
+    # The search's gate noise must not depend on whether the teacher stage ran in this process
+    # or was restored from teacher.pt (search.pt restores its own RNG state when it exists).
+    seed_epoch(cfg.seed, SEARCH_SEED_EPOCH)
     result = run_search(
         student,
         teachers,
@@ -415,16 +422,11 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     final = finetune(
         dense,
         teachers,
-        data.train,
-        data.val,
+        *loaders,
         loss_fn,
         stage_cfg("finetune", cfg.finetune_epochs),
         out,
-        device=device,
-        dist=dist,
-        resume=True,
-        log_fn=runlog,
-        mixup=data.mixup,
+        **common,
     )
 
     rows = [
