@@ -132,6 +132,14 @@ def widths(bm: BenchModel) -> str:
 
 
 def run_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``_run_reference`` with ONNX files and profiles in a temporary folder (~100 MB)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="uvc-reference-") as tmp:
+        return _run_reference(args, Path(tmp))
+
+
+def _run_reference(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Benchmark each reference model family, profile it, check a latency table; the record."""
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -140,8 +148,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
         backends=tuple(args.backends.split(",")),
         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
         threads=args.threads,
-        timing=TimingConfig(warmup=3, rounds=args.rounds, reps=args.reps),
-        workdir=out / "onnx",
+        timing=TimingConfig(warmup=2, rounds=args.rounds, reps=args.reps),
+        workdir=workdir,
     )
     record: dict[str, Any] = {"runs": [], "profiles": {}, "lut": None}
     md = [
@@ -162,7 +170,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
         md += ["", format_table(res, markdown=True), ""]
         if args.profile and "ort" in args.backends:
             batch = max(config.batch_sizes)
-            prof = {m.label: ort_op_profile(m, batch, args.threads) for m in models if m.onnx}
+            prof = {m.label: ort_op_profile(m, batch, args.threads, 5) for m in models if m.onnx}
             record["profiles"][name] = prof
             md += _profile_table(prof, batch)
         log.info("%s done after %.0f s", name, time.perf_counter() - t_start)
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument(
         "--lut-specs", type=int, default=5, help="random specs for the LUT check (0: skip)"
