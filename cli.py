@@ -428,7 +428,7 @@ def bench(
     uvc bench runs/x/final.pt --baseline deit_small_patch16_224 --batch-sizes 1,8
     uvc bench out/export --baseline deit_small_patch16_224 --device cuda --backends trt --check
     """
-    from bench.harness import BenchConfig, bench_targets, failing_rows, format_table
+    from bench.harness import BenchConfig, bench_targets, check_problems, format_table
     from bench.runners import Backend
     from bench.timer import TimingConfig
 
@@ -453,14 +453,10 @@ def bench(
 
         click.echo(f"wrote {plot_result(result, plot_path)}")
     if check:
-        bad = failing_rows(result, min_efficiency)
-        for r in bad:
-            click.echo(
-                f"efficiency {r.efficiency:.2f} < {min_efficiency}: {r.model} / "
-                f"{r.backend} / batch {r.batch}",
-                err=True,
-            )
-        if bad:
+        problems = check_problems(result, min_efficiency)
+        for line in problems:
+            click.echo(line, err=True)
+        if problems:
             sys.exit(1)
 
 

@@ -396,6 +396,19 @@ def failing_rows(result: BenchResult, min_efficiency: float) -> list[Row]:
     ]
 
 
+def check_problems(result: BenchResult, min_efficiency: float) -> list[str]:
+    """What ``--check`` fails on: rows below ``min_efficiency``, or nothing to compare at all."""
+    problems = [
+        f"efficiency {r.efficiency:.2f} < {min_efficiency}: "
+        f"{r.model} / {r.backend} / batch {r.batch}"
+        for r in failing_rows(result, min_efficiency)
+    ]
+    compared = [r for r in result.rows if r.model != result.baseline and r.efficiency is not None]
+    if not compared:
+        problems.append("no row could be compared with the baseline (nothing measured to check)")
+    return problems
+
+
 def format_table(result: BenchResult, markdown: bool = False) -> str:
     """The results as an aligned text table (or a markdown table)."""
     head = [

@@ -13,6 +13,7 @@ from bench.harness import (
     BenchResult,
     Row,
     bench_targets,
+    check_problems,
     failing_rows,
     fill_efficiency,
     format_table,
@@ -133,3 +134,14 @@ def test_bench_targets_loads_spec_files(tiny_model: ViT, half_model: ViT, tmp_pa
     assert result.baseline == str(a)
     assert {r.model for r in result.rows} == {str(a), str(b)}
     assert all(r.ok for r in result.rows)
+
+
+def test_check_problems_names_rows_and_flags_empty_results() -> None:
+    rows = [_row("dense", "ort", 8, 10.0, 1000), _row("half", "ort", 8, 8.0, 500)]
+    fill_efficiency(rows, "dense")
+    result = BenchResult({}, [], "dense", rows)
+    assert check_problems(result, 0.5) == []
+    (line,) = check_problems(result, 0.8)
+    assert line == "efficiency 0.62 < 0.8: half / ort / batch 8"
+    only_baseline = BenchResult({}, [], "dense", rows[:1])
+    assert "no row could be compared" in check_problems(only_baseline, 0.8)[0]
