@@ -169,3 +169,43 @@ def test_amp_search_on_gpu(amp: str) -> None:
     )
     assert 0.6 * 0.99 <= macs(res.spec) / macs(spec) <= 0.6
     assert all(torch.isfinite(v).all() for v in res.model.state_dict().values())
+
+
+def test_latency_budget_with_a_lookup_table(tmp_path: Path) -> None:
+    from tests.uvc.test_resource import _lut
+
+    spec = tiny_spec()
+    lut = _lut(spec)
+    lut.save(tmp_path / "lut.json")
+    cfg = SearchConfig(
+        budget=0.6, metric="latency", lut=str(tmp_path / "lut.json"), epochs=1, warmup_epochs=0
+    )
+    res = _run(cfg, None)
+    frac = lut.model_ms(res.spec) / lut.model_ms(spec)
+    assert 0.6 * 0.99 <= frac <= 0.6 + 1e-9
+    assert res.cost_final == pytest.approx(frac)
+
+
+def test_budget_hinge_stops_the_push_below_budget() -> None:
+    """Under budget, a large z must not move the counts when the hinge is on (and must without)."""
+    from uvc.search import _Search
+
+    spec = tiny_spec()
+    x, t = _batches(1)[0]
+    moved = {}
+    for hinge in (True, False):
+        torch.manual_seed(0)
+        model = ViT(spec)
+        cfg = SearchConfig(budget=0.95, epochs=1, warmup_epochs=0, y_lr=0.0, budget_hinge=hinge)
+        runs = []
+        for z in (0.0, 50.0):
+            s = _Search(ViT(spec), cfg, CPU, DistInfo())
+            s.model.load_state_dict(model.state_dict())
+            with torch.no_grad():
+                s.structure.mlp.fill_(0.5)  # R well under the 0.95 budget
+            s.duals.z = torch.tensor(z, dtype=torch.float64)
+            rec = s.step(x, t, None, DistillLoss(DistillConfig()), 0, 10, True)
+            assert rec["R"] < 0.95
+            runs.append(torch.cat([p.detach().flatten() for p in s.structure.parameters()]))
+        moved[hinge] = not torch.equal(runs[0], runs[1])
+    assert moved == {True: False, False: True}
