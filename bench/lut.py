@@ -73,7 +73,7 @@ class LutConfig:
         backend: eager, compile or cudagraph (the PyTorch runners).
         device, threads, precision: as for ``uvc bench``.
         heads, qk_dims, v_dims: the attention grid; mlp_dims: the MLP grid.
-        timing: samples per grid point (no interleaving: points are independent).
+        timing: samples per grid point; ``warmup`` counts per point per round.
     """
 
     spec: ViTSpec
@@ -86,7 +86,7 @@ class LutConfig:
     qk_dims: tuple[int, ...] = (16, 32, 64)
     v_dims: tuple[int, ...] = (16, 32, 64)
     mlp_dims: tuple[int, ...] = (64, 384, 768)
-    timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=3, rounds=1, reps=15))
+    timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=1, rounds=3, reps=5))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))
@@ -119,39 +119,64 @@ class LutConfig:
         return RunnerConfig(self.backend, self.device, self.precision, self.threads)
 
 
-def time_module(module: nn.Module, input_shape: tuple[int, ...], config: LutConfig) -> float:
-    """Median milliseconds of one call of ``module`` on a batch of ``config.batch``."""
+def time_modules(
+    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], config: LutConfig
+) -> list[float]:
+    """Median milliseconds per call of each (module, per-sample input shape), interleaved.
+
+    All modules are timed round-robin (``config.timing.rounds`` passes), so a burst of load from
+    another process spreads over every grid point instead of corrupting one of them.
+    """
     rc = config.runner_config()
     watch = Stopwatch(rc.torch_device if rc.on_cuda else "cpu")
     t = config.timing
-    with TorchRunner(module, input_shape, rc) as runner:
-        runner.prepare(config.batch)
-        x = runner.make_input(config.batch)
-        samples = take_samples(lambda: runner.infer(x), t.samples, watch, t.warmup)
-    return summarize(samples, config.batch, "lut").median_ms
+    runners = [TorchRunner(m, shape, rc) for m, shape in modules]
+    live = []
+    try:
+        for r in runners:
+            r.__enter__()
+            r.prepare(config.batch)
+            live.append((r, r.make_input(config.batch), []))
+        for _ in range(t.rounds):
+            for r, x, samples in live:
+                samples += take_samples(lambda r=r, x=x: r.infer(x), t.reps, watch, t.warmup)
+    finally:
+        for r, *_ in live:
+            r.__exit__(None, None, None)
+    return [summarize(samples, config.batch, "lut").median_ms for _, _, samples in live]
 
 
 def measure_lut(config: LutConfig) -> LatencyTable:
     """Measure the attention grid, the MLP grid and the fixed parts; return the table."""
+    return _measure(config, ())[0]
+
+
+def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable, list[float]]:
+    """The table, and the measured latency of whole models of ``specs``, all timed in the same
+    round-robin passes (a check measured minutes later would see another machine load)."""
     set_threads(config.threads)
     spec = config.spec
     d, n = spec.embed_dim, spec.num_tokens
     tok_shape = (n, d)
-
-    def sublayer(b: BlockSpec) -> float:
-        return time_module(Block(d, b, spec.qkv_bias, spec.norm_eps), tok_shape, config)
-
-    attn = torch.zeros(len(config.heads), len(config.qk_dims), len(config.v_dims))
-    for i, h in enumerate(config.heads):
-        for j, q in enumerate(config.qk_dims):
-            for k, v in enumerate(config.v_dims):
-                attn[i, j, k] = sublayer(BlockSpec(h, q, v, 0))
-    log.info("attention grid measured (%d points)", attn.numel())
-    mlp = [sublayer(BlockSpec(0, 0, 0, m)) for m in config.mlp_dims]
+    points = [
+        BlockSpec(h, q, v, 0) for h in config.heads for q in config.qk_dims for v in config.v_dims
+    ] + [BlockSpec(0, 0, 0, m) for m in config.mlp_dims]
+    modules: list[tuple[nn.Module, tuple[int, ...]]] = [
+        (Block(d, b, spec.qkv_bias, spec.norm_eps), tok_shape) for b in points
+    ]
     # Fixed parts: the same model with one empty block (an identity), so nothing of a block counts.
     frame = spec.replace(blocks=(BlockSpec(0, 0, 0, 0),))
-    fixed = time_module(ViT(frame), (spec.in_chans, spec.img_size, spec.img_size), config)
-    return LatencyTable.from_dict(
+    modules.append((ViT(frame), (spec.in_chans, spec.img_size, spec.img_size)))
+    modules += [(ViT(s), (s.in_chans, s.img_size, s.img_size)) for s in specs]
+    ms = time_modules(modules, config)
+    ms, whole = ms[: len(modules) - len(specs)], ms[len(modules) - len(specs) :]
+    n_attn = len(points) - len(config.mlp_dims)
+    attn = torch.tensor(ms[:n_attn]).reshape(
+        len(config.heads), len(config.qk_dims), len(config.v_dims)
+    )
+    mlp, fixed = ms[n_attn:-1], ms[-1]
+    log.info("measured %d attention, %d MLP points and the fixed parts", n_attn, len(mlp))
+    table = LatencyTable.from_dict(
         {
             "format": LUT_FORMAT,
             "version": LUT_VERSION,
@@ -171,6 +196,7 @@ def measure_lut(config: LutConfig) -> LatencyTable:
             "mlp": {"mlp_dim": list(config.mlp_dims), "ms": mlp},
         }
     )
+    return table, whole
 
 
 def _device_name(device: str) -> str:
@@ -225,13 +251,16 @@ def lut_error(table: LatencyTable, specs: Sequence[ViTSpec], config: LutConfig) 
     if not specs:
         raise ValueError("need at least one spec to check the table against")
     set_threads(config.threads)
-    pred, meas = [], []
-    for s in specs:
-        pred.append(table.model_ms(s))
-        meas.append(time_module(ViT(s), (s.in_chans, s.img_size, s.img_size), config))
-        log.info("spec %d: predicted %.3f ms, measured %.3f ms", len(meas), pred[-1], meas[-1])
-    rel = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
-    return LutError(tuple(pred), tuple(meas), statistics.median(rel))
+    meas = time_modules([(ViT(s), (s.in_chans, s.img_size, s.img_size)) for s in specs], config)
+    return _compare(table, specs, meas)
+
+
+def _compare(table: LatencyTable, specs: Sequence[ViTSpec], measured: Sequence[float]) -> LutError:
+    pred = [table.model_ms(s) for s in specs]
+    for i, (p, m) in enumerate(zip(pred, measured, strict=True)):
+        log.info("spec %d: predicted %.3f ms, measured %.3f ms", i, p, m)
+    rel = [abs(p - m) / m for p, m in zip(pred, measured, strict=True)]
+    return LutError(tuple(pred), tuple(measured), statistics.median(rel))
 
 
 def default_frame(embed_dim: int, tokens: int, depth: int = 12) -> ViTSpec:
@@ -246,10 +275,10 @@ def build_lut(
 ) -> tuple[LatencyTable, LutError | None]:
     """Measure a table, save it to ``out`` and, if ``check_specs`` > 0, measure its prediction
     error over that many random compressed versions of ``config.spec``."""
-    table = measure_lut(config)
+    specs = random_specs(config.spec, check_specs, seed) if check_specs > 0 else []
+    table, measured = _measure(config, specs)
     table.save(out)
     log.info("latency table written to %s", out)
-    err = None
-    if check_specs > 0:
-        err = lut_error(table, random_specs(config.spec, check_specs, seed), config)
-    return table, err
+    if not specs:
+        return table, None
+    return table, _compare(table, specs, measured)
