@@ -50,6 +50,7 @@ from uvc.model import ViT
 from uvc.resource import Metric, ResourceModel
 from uvc.spec import ViTSpec
 from uvc.structure import HardBlock, Structure, keep_from_hard
+from uvc.teacher import teacher_logits
 
 logger = logging.getLogger(__name__)
 _SINGLE = DistInfo()  # the default: one process
@@ -81,6 +82,7 @@ class SearchConfig:
         seed: seeds the gate noise.
         log_every: steps between step records.
         tolerance: the final projection lands within ``[budget * (1 - tolerance), budget]``.
+        progress: show a tqdm progress bar (rank 0 only).
         budget_hinge: the primal budget term is ``z * max(R - budget, 0)`` (no push below the
             budget) instead of UVC's ``z * (R - budget)``.
     """
@@ -113,6 +115,7 @@ class SearchConfig:
     log_every: int = 10
     tolerance: float = 0.01
     budget_hinge: bool = True
+    progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
@@ -274,13 +277,12 @@ class _Search:
         ]
         amp = _autocast(cfg.amp, self.device)
         with amp:
-            t_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
+            # ``uvc.teacher`` knows how a ``Teachers`` pair feeds a distillation-token student.
+            distilled = model.spec.dist_token and model.distilled_training
+            t_logits, token_logits = teacher_logits(teacher, x, distilled)
             with masked(model, masks):
                 out = model(x)
-            kd = loss_fn(out, t, t_logits)
+            kd = loss_fn(out, t, t_logits, token_logits)
         lost = torch.stack([sb.lost for sb in soft])
         z = self.duals.z.to(self.device)
         gap = r - cfg.budget
@@ -409,6 +411,25 @@ def _all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:
         off += n
 
 
+def _load_for_resume(path: Path | None, dist: DistInfo) -> Checkpoint | None:
+    """Rank 0's checkpoint (or None) on every rank: one rank decides, so no rank diverges.
+
+    Only rank 0 reads the file (other ranks may not even be given ``out_dir``); the payload is
+    broadcast, so every rank restores the same weights, counts, gates, duals and optimizer state.
+    """
+    ck = load_checkpoint(path) if (dist.is_main and path is not None and path.is_file()) else None
+    if not dist.enabled:
+        return ck
+    import torch.distributed as tdist
+
+    box: list[Any] = [None if ck is None else (ck.spec.to_dict(), ck.state_dict, ck.extra)]
+    tdist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        return None
+    spec, state, extra = box[0]
+    return Checkpoint(ViTSpec.from_dict(spec), state, {"kind": "search"}, extra)
+
+
 def _sync_model(model: nn.Module, dist: DistInfo) -> None:
     if not dist.enabled:
         return
@@ -464,7 +485,8 @@ def run_search(
             (B, C). ``val_loader`` may be None.
         loss_fn: the distillation loss.
         cfg: search settings.
-        out_dir: where ``search.pt`` (every epoch), ``spec.json`` and ``keep.json`` go (rank 0).
+        out_dir: where ``search.pt`` (every epoch), ``spec.json`` and ``keep.json`` go. Only rank
+            0 reads or writes it (other ranks may pass None; a resume is broadcast to them).
         device: this rank's device.
         dist: this rank's place in a torchrun job.
         resume: continue from ``out_dir/search.pt`` (a killed epoch restarts from its start).
@@ -494,8 +516,8 @@ def run_search(
         if log is not None:
             log(rec)
 
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
+    ck = _load_for_resume(ckpt_path if resume else None, dist)
+    if ck is not None:
         if ck.spec != model.spec:
             raise UvcError(f"{ckpt_path} was written for another architecture than this model")
         if ck.extra.get("config") != cfg.to_dict():
@@ -514,7 +536,10 @@ def run_search(
         _sync_model(model, dist)
 
     bar = tqdm(
-        total=total, initial=start * steps_per_epoch, disable=not dist.is_main, desc="search"
+        total=total,
+        initial=start * steps_per_epoch,
+        disable=not (dist.is_main and cfg.progress),
+        desc="search",
     )
     for epoch in range(start, cfg.epochs):
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):

@@ -32,24 +32,30 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ]
         snaps: list[dict[str, torch.Tensor]] = []
 
-        cfg = SearchConfig(budget=0.5, epochs=2, warmup_epochs=1, lr=1e-3, log_every=1)
-        out = Path(out_dir) / "run"
-        res = run_search(
-            model,
-            teacher,
-            data,
-            data[:1],
-            DistillLoss(DistillConfig()),
-            cfg,
-            out,
-            device=torch.device("cpu"),
-            dist=DistInfo(rank, WORLD, rank),
-            log=lambda r: (
+        out = Path(out_dir) / "run" if rank == 0 else None  # as the pipeline does: rank 0 only
+
+        def log(r: dict) -> None:
+            if r["kind"] == "search_step":
                 snaps.append({"R": torch.tensor(r["R"]), "z": torch.tensor(r["z"])})
-                if r["kind"] == "search_step"
-                else None
-            ),
-        )
+
+        for epochs, resume in ((2, False), (3, True)):  # then resume: rank 0's state is broadcast
+            cfg = SearchConfig(budget=0.5, epochs=epochs, warmup_epochs=1, lr=1e-3, log_every=1)
+            res = run_search(
+                model,
+                teacher,
+                data,
+                data[:1],
+                DistillLoss(DistillConfig()),
+                cfg,
+                out,
+                device=torch.device("cpu"),
+                dist=DistInfo(rank, WORLD, rank),
+                resume=resume,
+                log=log,
+            )
+            model = ViT(spec)  # a fresh process would start from scratch weights
+        epochs_done = [r["epoch"] for r in res.history if r["kind"] == "search_epoch"]
+        assert epochs_done == [0, 1, 2], epochs_done
         state = {f"model.{k}": v for k, v in res.model.state_dict().items()}
         state.update(res.state)  # counts, gate logits, duals
         for i, s in enumerate(snaps):
