@@ -9,6 +9,7 @@ Efficiency = speedup / MACs-reduction: 1.0 means the wall clock shrank as much a
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -246,8 +247,6 @@ def environment(config: BenchConfig) -> dict[str, Any]:
     name = platform.processor() or platform.machine()
     if dev.type == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(dev)
-    import os
-
     return {
         "device": config.device,
         "device_name": name,

@@ -10,6 +10,7 @@ the reason, which the harness reports as a skipped row.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -210,8 +211,6 @@ class TorchRunner(Runner):
         set_threads(self.config.threads)
         dev, dtype = self.config.torch_device, self.config.precision.dtype
         # A copy: the caller's model keeps its device and dtype.
-        import copy
-
         self._module = copy.deepcopy(self._source).eval().to(device=dev, dtype=dtype)
         self._module.requires_grad_(False)
         if self.config.backend is Backend.COMPILE:
