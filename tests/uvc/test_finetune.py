@@ -128,3 +128,20 @@ def test_amp_on_gpu() -> None:
     for amp in ("bf16", "fp16"):
         res = finetune(ViT(_spec()), None, tl, vl, loss, _cfg(epochs=2, amp=amp), None, device=dev)
         assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_distilled_student_with_two_teachers_and_mixup() -> None:
+    from uvc.data import DataConfig, make_mixup
+    from uvc.teacher import ResizingTeacher
+
+    tl, vl = _loaders(n_train=64)
+    student = ViT(_spec().replace(dist_token=True))
+    extra = ResizingTeacher(ViT(_spec().replace(img_size=32, patch_size=8)), 32)
+    teachers = Teachers(ViT(_spec()), extra)
+    mix = make_mixup(DataConfig(mixup=0.8), num_classes=10)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    res = finetune(student, teachers, tl, vl, DistillLoss(DistillConfig("hard", alpha=0.5)),
+                   _cfg(epochs=1), None, device=CPU, mixup=mix)  # fmt: skip
+    assert res.history[0]["loss"] > 0 and 0 <= res.accuracy <= 100
+    assert not torch.equal(before["head_dist.weight"], student.head_dist.weight)
+    assert not student.distilled_training  # back to inference behaviour (heads averaged)
