@@ -256,6 +256,29 @@ def build_data(cfg: DataConfig, dist: DistInfo | None = None) -> Data:
     )
 
 
+class Loader(DataLoader):
+    """A DataLoader whose worker errors read like the library's own (one line, the path named).
+
+    A ``DataError`` raised in a worker process comes back wrapped in the worker's traceback; this
+    re-raises it with the original message alone.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except DataError as exc:
+                text = str(exc)
+                if "Traceback" not in text:
+                    raise
+                last = [ln for ln in text.splitlines() if ln.strip()][-1]
+                raise DataError(last.split("DataError: ", 1)[-1]) from None
+            yield batch
+
+
 def make_loader(
     ds: Dataset, cfg: DataConfig, *, shuffle: bool, dist: DistInfo, drop_last: bool = False
 ) -> DataLoader:
@@ -272,7 +295,7 @@ def make_loader(
     else:
         sampler = EpochSampler(len(ds), shuffle, cfg.seed, generator=g)
     kwargs: dict[str, Any] = {"persistent_workers": False} if cfg.workers else {}
-    return DataLoader(
+    return Loader(
         ds,
         batch_size=cfg.batch_size,
         sampler=sampler,

@@ -97,6 +97,11 @@ def test_unreadable_image_raises_when_loaded(tmp_path: Path) -> None:
     assert len(data.train.dataset) == 4  # building is lazy: nothing is decoded yet
     with pytest.raises(DataError, match=r"999\.jpg"):
         list(data.val)
+    # The same from a worker process: the message is the library's, not a worker traceback.
+    data = build_data(DataConfig(str(root), img_size=16, batch_size=8, workers=1))
+    with pytest.raises(DataError) as info:
+        list(data.val)
+    assert str(info.value).startswith(f"cannot read image {bad}") and "\n" not in str(info.value)
 
 
 def test_single_tree_with_val_split_and_test_fallback(tmp_path: Path) -> None:
