@@ -296,6 +296,13 @@ def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progres
 @click.option("--atol", default=1e-4, show_default=True, help="Max |logit diff| (FP32).")
 @click.option("--calib-data", default=None, help="Validation images: a folder or 'digits'.")
 @click.option(
+    "--val-batches",
+    default="1,8",
+    show_default=True,
+    help="Batch sizes ONNX is validated on (>= 2 sizes); with --calib-data their sum is the "
+    "number of images compared (e.g. 1,8,350 for all 359 digits validation images).",
+)
+@click.option(
     "--exporter",
     type=click.Choice(["dynamo", "torchscript"]),
     default="dynamo",
@@ -315,6 +322,7 @@ def export_cmd(model: str, out: str, **opts: Any) -> None:
     from export.pipeline import ExportConfig, export_model
     from uvc.errors import ValidationError
 
+    opts["val_batches"] = _bench_csv(int, opts["val_batches"])
     cfg = ExportConfig(model=model, out=out, **opts)
     try:
         result = export_model(cfg)

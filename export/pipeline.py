@@ -60,6 +60,8 @@ class ExportConfig:
         atol: max |logit difference| allowed for FP32 ONNX and FP32 engines.
         fp16_min_cosine: smallest per-sample cosine similarity allowed for FP16 artifacts.
         calib_data: validation images: an ImageFolder folder, "digits", or None (random).
+        val_batches: batch sizes the ONNX graphs are validated on (at least two, to prove the
+            dynamic batch axis); with ``calib_data``, ``sum(val_batches)`` distinct images.
         exporter: torch.onnx exporter (dynamo or torchscript).
         workspace_mib: TensorRT builder workspace limit.
         tf32: allow TF32 in FP32 engines.
@@ -80,6 +82,7 @@ class ExportConfig:
     atol: float = 1e-4
     fp16_min_cosine: float = DEFAULT_FP16_MIN_COSINE
     calib_data: str | None = None
+    val_batches: tuple[int, ...] = ONNX_BATCHES
     exporter: Exporter = Exporter.DYNAMO
     workspace_mib: int = 4096
     tf32: bool = False
@@ -102,6 +105,11 @@ class ExportConfig:
         if not self.min_batch <= self.opt_batch <= self.max_batch:
             raise ExportConfigError(
                 f"--opt-batch {self.opt_batch} is outside [{self.min_batch}, {self.max_batch}]"
+            )
+        object.__setattr__(self, "val_batches", tuple(int(b) for b in self.val_batches))
+        if len(set(self.val_batches)) < 2 or min(self.val_batches) < 1:
+            raise ExportConfigError(
+                f"--val-batches needs at least two different sizes >= 1, got {self.val_batches}"
             )
         if not self.atol > 0:
             raise ExportConfigError(f"--atol must be positive, got {self.atol}")
@@ -260,7 +268,7 @@ def _export_into(
     if not cfg.onnx:
         return summary
 
-    inputs, where = validation_inputs(shape, ONNX_BATCHES, cfg.calib_data)
+    inputs, where = validation_inputs(shape, cfg.val_batches, cfg.calib_data)
     summary["validation_inputs"] = where
     onnx_path = tmp / "model.onnx"
     start = time.perf_counter()

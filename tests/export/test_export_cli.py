@@ -134,6 +134,7 @@ def test_failure_leaves_previous_export_untouched(tmp_path: Path, spec_json: Pat
         ("unwritable", "cannot write"),
         ("foreign_folder", "not empty"),
         ("trt_without_onnx", "--no-onnx"),
+        ("one_val_batch", "--val-batches"),
     ],
 )
 def test_bad_input_exits_2(tmp_path: Path, spec_json: Path, case: str, message: str) -> None:
@@ -160,6 +161,8 @@ def test_bad_input_exits_2(tmp_path: Path, spec_json: Path, case: str, message: 
         (out / "notes.txt").write_text("mine")
     elif case == "trt_without_onnx":
         args += ["--trt", "--no-onnx"]
+    elif case == "one_val_batch":
+        args += ["--val-batches", "8"]
     code, output = _run(*args)
     assert code == 2, output
     errors = _error_lines(output)
