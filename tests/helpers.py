@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from bench.cost_check import MODELS as TIMM_MODELS
+from bench.cost_check import fvcore_macs
 from uvc.spec import BlockSpec, ViTSpec
 
-TIMM_MODELS = (
-    "deit_tiny_patch16_224",
-    "deit_small_patch16_224",
-    "deit_base_patch16_224",
-    "deit_tiny_distilled_patch16_224",
-    "vit_small_patch32_224",
-)
+__all__ = ["TIMM_MODELS", "fvcore_macs", "timm_unfused", "tiny_spec"]
 
 
 def tiny_spec(**overrides: object) -> ViTSpec:
@@ -27,16 +22,6 @@ def tiny_spec(**overrides: object) -> ViTSpec:
     }
     kwargs.update(overrides)
     return ViTSpec(**kwargs)  # type: ignore[arg-type]
-
-
-def fvcore_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """fvcore's op count of ``model`` on ``x`` (batch 1), warnings off."""
-    from fvcore.nn import FlopCountAnalysis
-
-    flops = FlopCountAnalysis(model, x)
-    flops.unsupported_ops_warnings(False)
-    flops.uncalled_modules_warnings(False)
-    return int(flops.total())
 
 
 def timm_unfused(model: nn.Module) -> nn.Module:

@@ -1,32 +1,15 @@
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
+from bench.cost_check import odd_keep
 from export.materialize import materialize
 from tests.helpers import TIMM_MODELS, fvcore_macs, tiny_spec
 from uvc.cost import macs, params
 from uvc.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
 from uvc.model import ViT
-from uvc.spec import ViTSpec
 from uvc.weights import create_timm_model, vit_from_timm
-
-
-def _odd_keep(spec: ViTSpec, seed: int) -> KeepSet:
-    """Random keep-set with one block without attention, one without MLP, one single-head block
-    and odd widths everywhere else."""
-    rng = random.Random(seed)
-    keep = list(random_keep(spec, 0.6, seed, drop_attn=(1,), drop_mlp=(2,)))
-    b = spec.blocks[0]
-    keep[0] = BlockKeep(
-        (rng.randrange(b.heads),),
-        tuple(sorted(rng.sample(range(b.qk_dim), 7))),
-        tuple(sorted(rng.sample(range(b.v_dim), 5))),
-        tuple(sorted(rng.sample(range(b.mlp_dim), 33))),
-    )
-    return tuple(keep)
 
 
 def _check(model: ViT, keep: KeepSet, img: int) -> float:
@@ -51,7 +34,7 @@ def _check(model: ViT, keep: KeepSet, img: int) -> float:
 @pytest.mark.parametrize("name", TIMM_MODELS)
 def test_dense_equals_masked_on_timm_models(name):
     model = vit_from_timm(create_timm_model(name))
-    keep = _odd_keep(model.spec, seed=len(name))
+    keep = odd_keep(model.spec, seed=len(name))
     assert _check(model, keep, 224) <= 1e-5
 
 
