@@ -540,9 +540,6 @@ def lut(
         )
 
 
-# --- more commands are registered below (train, demo, export, bench, lut) ---
-
-
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="uvc")

@@ -23,7 +23,7 @@ import torch
 from uvc.dist import DistInfo
 from uvc.distill import DistillConfig, DistillLoss
 from uvc.model import ViT
-from uvc.search import SearchConfig, _Search
+from uvc.primal_dual import PrimalDual, SearchConfig
 from uvc.spec import ViTSpec
 
 
@@ -96,7 +96,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
 
     cfg = SearchConfig(epochs=1, warmup_epochs=0)
-    search = _Search(student, cfg, device, DistInfo())
+    search = PrimalDual(student, cfg, device, DistInfo())
     total = 10_000
 
     def search_step(i: int) -> None:

@@ -188,7 +188,7 @@ def test_latency_budget_with_a_lookup_table(tmp_path: Path) -> None:
 
 def test_budget_hinge_stops_the_push_below_budget() -> None:
     """Under budget, a large z must not move the counts when the hinge is on (and must without)."""
-    from uvc.search import _Search
+    from uvc.primal_dual import PrimalDual
 
     spec = tiny_spec()
     x, t = _batches(1)[0]
@@ -199,7 +199,7 @@ def test_budget_hinge_stops_the_push_below_budget() -> None:
         cfg = SearchConfig(budget=0.95, epochs=1, warmup_epochs=0, y_lr=0.0, budget_hinge=hinge)
         runs = []
         for z in (0.0, 50.0):
-            s = _Search(ViT(spec), cfg, CPU, DistInfo())
+            s = PrimalDual(ViT(spec), cfg, CPU, DistInfo())
             s.model.load_state_dict(model.state_dict())
             with torch.no_grad():
                 s.structure.mlp.fill_(0.5)  # R well under the 0.95 budget

@@ -1,0 +1,377 @@
+"""UVC's primal-dual step: the search configuration and the state one search step updates.
+
+One step (DESIGN.md, "Facts about UVC"): masks from the current counts and importance scores;
+gates sampled (Gumbel, soft) or fixed during warmup; the Lagrangian
+``KD + y.LS + p.LS + z (R - budget)`` backpropagated into weights, counts and gate logits; AdamW on
+the weights, then the proximal shrink of the pruned groups by ``1 / (1 + 2 lr dual)``; projected SGD
+on the counts; gate SGD every ``gating_interval`` steps; dual ascent on z, y, p (clamped at 0).
+``uvc.search`` runs the epochs, checkpoints and the final projection around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from uvc.cost import LatencyTable
+from uvc.dist import DistInfo
+from uvc.distill import DistillLoss
+from uvc.dual import (
+    Duals,
+    ascend_groups,
+    ascend_z,
+    cosine_lr,
+    geometric,
+    hard_block_cost,
+    linear,
+    proximal_shrink_,
+)
+from uvc.gates import ATTN, BLOCK, MLP, GateMode, Gates
+from uvc.importance import Criterion, GroupImportance, magnitude
+from uvc.keep import BlockMasks, KeepSet, masked
+from uvc.model import ViT
+from uvc.resource import Metric, ResourceModel
+from uvc.structure import HardBlock, Structure, keep_from_hard
+from uvc.teacher import teacher_logits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the search (defaults follow UVC where it states them).
+
+    Args:
+        budget: target cost as a fraction of the uncompressed model's, in (0, 1].
+        metric: what the budget counts (macs, params, latency).
+        lut: latency lookup-table JSON (required for the latency metric).
+        epochs / warmup_epochs: search length; gates stay fixed during warmup.
+        lr / min_lr / weight_decay: AdamW on the weights, cosine from lr to min_lr.
+        struct_lr / struct_clip: projected SGD on the counts (UVC: 0.02, norm clip 1).
+        gate_lr / gating_interval: gate SGD, every ``gating_interval`` steps.
+        gates: which skip gates are searched (all: block, attention and MLP gates).
+        warmup_gate: the whole-block gate's value during warmup (UVC: 0.5); the attention/MLP gates
+            (this project's addition) are held at 1 then.
+        gumbel_tau / gumbel_tau_end: Gumbel-softmax temperature, geometric from start to end.
+        z_lr / z_lr_end: step size of the budget dual, linear from start to end (None: constant).
+        y_lr: step size of the group duals y, p.
+        mask_temperature: width (in groups) of the count gradient's sigmoid surrogate.
+        importance: magnitude (UVC), taylor or fisher.
+        per_head_v: UVC's per-head value counts instead of one aligned count per block.
+        align: kept qk/v/MLP widths are multiples of this.
+        amp: None, "bf16" or "fp16" (CUDA only; fp16 uses a GradScaler).
+        seed: seeds the gate noise.
+        log_every: steps between step records.
+        tolerance: the final projection lands within ``[budget * (1 - tolerance), budget]``.
+        progress: show a tqdm progress bar (rank 0 only).
+        budget_hinge: the primal budget term is ``z * max(R - budget, 0)`` (no push below the
+            budget) instead of UVC's ``z * (R - budget)``.
+    """
+
+    budget: float = 0.5
+    metric: Metric = Metric.MACS
+    lut: str | None = None
+    epochs: int = 30
+    warmup_epochs: int = 5
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    struct_lr: float = 0.02
+    struct_clip: float = 1.0
+    gate_lr: float = 0.02
+    gating_interval: int = 1
+    gates: GateMode = GateMode.ALL
+    warmup_gate: float = 0.5
+    gumbel_tau: float = 0.5
+    gumbel_tau_end: float = 0.5
+    z_lr: float = 0.1
+    z_lr_end: float | None = None
+    y_lr: float = 0.001
+    mask_temperature: float = 1.0
+    importance: str = "magnitude"
+    per_head_v: bool = False
+    align: int = 1
+    amp: str | None = None
+    seed: int = 0
+    log_every: int = 10
+    tolerance: float = 0.01
+    budget_hinge: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
+        object.__setattr__(self, "gates", _enum(GateMode, self.gates, "gates"))
+        _enum(Criterion, self.importance, "importance")
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
+        if self.metric is Metric.LATENCY and not self.lut:
+            raise ValueError("the latency metric needs a latency lookup table (lut=...)")
+        if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError("need epochs >= 1 and 0 <= warmup_epochs <= epochs")
+        for name in ("lr", "struct_lr", "gate_lr", "gumbel_tau", "gumbel_tau_end", "struct_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "weight_decay", "z_lr", "y_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gating_interval < 1 or self.align < 1 or self.log_every < 1:
+            raise ValueError("gating_interval, align and log_every must be >= 1")
+        if not 0.0 <= self.warmup_gate <= 1.0:
+            raise ValueError(f"warmup_gate must be in [0, 1], got {self.warmup_gate}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if not 0.0 <= self.tolerance < 0.5:
+            raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (enums as strings) for checkpoints and logs."""
+        d = dataclasses.asdict(self)
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def _enum(cls: Any, value: Any, name: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[e.value for e in cls]}, got {value!r}") from None
+
+
+class PrimalDual:
+    """The search's mutable state (counts, gates, duals, optimizer) and its step.
+
+    ``uvc.search.run_search`` drives it epoch by epoch; ``bench/search_overhead.py`` times its
+    ``step`` against a plain distillation step.
+    """
+
+    def __init__(self, model: ViT, cfg: SearchConfig, device: torch.device, dist: DistInfo):
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        spec = model.spec
+        lut = LatencyTable.load(cfg.lut) if cfg.lut else None
+        self.res = ResourceModel(spec, cfg.metric, lut if cfg.metric is Metric.LATENCY else None)
+        self.structure = Structure(spec, cfg.per_head_v, cfg.align, cfg.mask_temperature).to(device)
+        self.gates = Gates(spec.depth, cfg.gates).to(device)
+        self.duals = Duals.zeros(spec.depth)
+        self.importance = GroupImportance(cfg.importance)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (
+                decay
+                if p.ndim >= 2 and "token" not in name and "pos_embed" not in name
+                else no_decay
+            ).append(p)
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+
+    # --- schedules (pure functions of the step) ---
+    def lr_at(self, step: int, total: int) -> float:
+        return cosine_lr(step, total, self.cfg.lr, 0, self.cfg.min_lr)
+
+    def tau_at(self, step: int, total: int) -> float:
+        return geometric(step, total, self.cfg.gumbel_tau, self.cfg.gumbel_tau_end)
+
+    def z_lr_at(self, step: int, total: int) -> float:
+        end = self.cfg.z_lr if self.cfg.z_lr_end is None else self.cfg.z_lr_end
+        return linear(step, total, self.cfg.z_lr, end)
+
+    def forward_gates(self, step: int, total: int, warmup: bool) -> Tensor:
+        """(L, 3) gate values used in the forward."""
+        if warmup:
+            g = torch.ones(self.model.spec.depth, 3, device=self.device)
+            if bool(self.gates.active[BLOCK]):
+                g[:, BLOCK] = self.cfg.warmup_gate
+            return g
+        return self.gates.sample(self.tau_at(step, total), self.cfg.seed, step)
+
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        teacher: nn.Module | None,
+        loss_fn: DistillLoss,
+        step: int,
+        total: int,
+        warmup: bool,
+    ) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        lr = self.lr_at(step, total)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        scores = self.importance(model)
+        norms = scores if self.importance.criterion is Criterion.MAGNITUDE else magnitude(model)
+        soft = self.structure(scores, norms)
+        gst = self.gates.straight_through()  # exact decisions forward, probabilities backward
+        r = (
+            self.res.total(
+                [
+                    self.res.block(
+                        sb.heads,
+                        sb.qk,
+                        sb.v,
+                        sb.mlp,
+                        gst[i, BLOCK] * gst[i, ATTN],
+                        gst[i, BLOCK] * gst[i, MLP],
+                    )
+                    for i, sb in enumerate(soft)
+                ]
+            )
+            / self.res.full
+        )
+        gf = self.forward_gates(step, total, warmup)
+        active = self.gates.active.tolist()
+        part_on = active[ATTN] and not warmup
+        masks = [
+            BlockMasks(
+                qk=sb.qk_mask,
+                v=sb.v_mask,
+                mlp=sb.mlp_mask,
+                attn_gate=gf[i, ATTN] if part_on else None,
+                mlp_gate=gf[i, MLP] if part_on else None,
+                gate=gf[i, BLOCK] if active[BLOCK] else None,
+            )
+            for i, sb in enumerate(soft)
+        ]
+        amp = _autocast(cfg.amp, self.device)
+        with amp:
+            # ``uvc.teacher`` knows how a ``Teachers`` pair feeds a distillation-token student.
+            distilled = model.spec.dist_token and model.distilled_training
+            t_logits, token_logits = teacher_logits(teacher, x, distilled)
+            with masked(model, masks):
+                out = model(x)
+            kd = loss_fn(out, t, t_logits, token_logits)
+        lost = torch.stack([sb.lost for sb in soft])
+        z = self.duals.z.to(self.device)
+        gap = r - cfg.budget
+        # With the hinge, the budget term stops pushing the counts once R is under budget (z
+        # itself still sees the signed gap and decays); without it, a z wound up while over
+        # budget keeps pruning far past the target before it has decayed.
+        budget_term = z * (torch.clamp(gap, min=0.0) if cfg.budget_hinge else gap)
+        lag = kd + (self.duals.per_part().to(lost) * lost).sum() + budget_term
+        (self.scaler.scale(lag) if self.scaler else lag).backward()
+        extra = list(self.structure.parameters()) + list(self.gates.parameters())
+        _all_reduce_grads(list(model.parameters()) + extra, self.dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+            inv = 1.0 / self.scaler.get_scale()
+            for p in extra:
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        self.importance.observe(model)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        # Proximal step on the groups pruned at this step's decisions (before the counts move).
+        keep_now = keep_from_hard(model.spec, scores, self.structure.hard())
+        shares = proximal_shrink_(model, keep_now, self.duals, lr)
+        with torch.no_grad():
+            sp = [p for p in self.structure.parameters() if p.grad is not None]
+            if sp and all(torch.isfinite(p.grad).all() for p in sp):
+                torch.nn.utils.clip_grad_norm_(sp, cfg.struct_clip)
+                for p in sp:
+                    p -= cfg.struct_lr * p.grad
+            self.structure.project_()
+            gate_step = (
+                not warmup
+                and cfg.gates is not GateMode.NONE
+                and (step + 1) % cfg.gating_interval == 0
+            )
+            lg = self.gates.logits
+            if gate_step and lg.grad is not None and torch.isfinite(lg.grad).all():
+                lg -= cfg.gate_lr * lg.grad
+        for p in extra:
+            p.grad = None
+        r_val = float(r.detach())
+        zlr = self.z_lr_at(step, total)
+        self.duals.z = ascend_z(self.duals.z, r_val, cfg.budget, zlr)
+        ascend_groups(self.duals, shares, cfg.y_lr)
+        return {
+            "kind": "search_step",
+            "step": step,
+            "loss": float(kd.detach()),
+            "lagrangian": float(lag.detach()),
+            "R": r_val,
+            "budget": cfg.budget,
+            "z": float(self.duals.z),
+            "lr": lr,
+            "struct_lr": cfg.struct_lr,
+            "z_lr": zlr,
+            "gumbel_tau": self.tau_at(step, total),
+            "warmup": warmup,
+        }
+
+    def hard(self) -> list[HardBlock]:
+        """Integer decisions now: counts and gates (a part survives iff its gates say keep)."""
+        gh = self.gates.hard().cpu()
+        return [
+            dataclasses.replace(
+                hb,
+                attn_on=bool(gh[i, BLOCK] and gh[i, ATTN]),
+                mlp_on=bool(gh[i, BLOCK] and gh[i, MLP]),
+            )
+            for i, hb in enumerate(self.structure.hard())
+        ]
+
+    def cost(self, hard: list[HardBlock]) -> float:
+        """R / R_full of integer decisions."""
+        scores = self.importance(self.model)
+        blocks = sum(hard_block_cost(self.res, i, hb, scores[i]) for i, hb in enumerate(hard))
+        return (self.res.fixed + blocks) / self.res.full
+
+    def keep(self) -> KeepSet:
+        return keep_from_hard(self.model.spec, self.importance(self.model), self.hard())
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "structure": {k: v.detach().cpu() for k, v in self.structure.state_dict().items()},
+            "gates": {k: v.detach().cpu() for k, v in self.gates.state_dict().items()},
+            "duals": self.duals.state_dict(),
+            "importance": self.importance.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.opt.load_state_dict(st["optimizer"])
+        self.structure.load_state_dict(st["structure"])
+        self.gates.load_state_dict(st["gates"])
+        self.duals.load_state_dict(st["duals"])
+        self.importance.load_state_dict(st["importance"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+
+
+def _autocast(amp: str | None, device: torch.device) -> Any:
+    if amp is None:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:
+    """Average gradients over ranks in one flat buffer, so every rank takes the same step."""
+    if not dist.enabled:
+        return
+    import torch.distributed as tdist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    off = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p).to(p.dtype)
+        off += n
