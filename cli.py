@@ -436,7 +436,8 @@ def bench(
     uvc bench runs/x/final.pt --baseline deit_small_patch16_224 --batch-sizes 1,8
     uvc bench out/export --baseline deit_small_patch16_224 --device cuda --backends trt --check
     """
-    from bench.harness import BenchConfig, bench_targets, check_problems, format_table
+    from bench.harness import BenchConfig, bench_targets
+    from bench.report import check_problems, format_table
     from bench.runners import Backend
     from bench.timer import TimingConfig
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from bench.harness import BenchConfig, BenchModel, BenchResult, format_table, run_benchmark
+from bench.harness import BenchConfig, BenchModel, run_benchmark
+from bench.report import BenchResult, format_table
 from bench.timer import TimingConfig
 from uvc.cost import macs
 from uvc.keep import BlockKeep, KeepSet

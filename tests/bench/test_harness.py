@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import (
-    BenchConfig,
-    BenchModel,
+from bench.harness import BenchConfig, BenchModel, bench_targets, load_target, run_benchmark
+from bench.report import (
     BenchResult,
     Row,
-    bench_targets,
     check_problems,
     failing_rows,
     fill_efficiency,
     format_table,
-    load_target,
-    run_benchmark,
 )
 from bench.timer import summarize
 from tests.bench.conftest import FAST
