@@ -56,7 +56,7 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.onnx import EXTERNAL_DATA_THRESHOLD
+    from export.onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
 
     keep = frozenset(keep_fp32_ops)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
@@ -145,14 +145,7 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"the FP16 graph of {Path(src).name} is inconsistent: {first}") from exc
     dst = Path(dst)
-    external = proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    onnx.save_model(
-        proto,
-        str(dst),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=dst.name + ".data",
-    )
+    save_onnx(proto, dst, external=proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD)
     try:
         onnx.checker.check_model(str(dst), full_check=True)
     except Exception as exc:

@@ -18,8 +18,12 @@ import logging
 import warnings
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import onnx
 
 from export.validate import Comparison, ValidationReport, compare, require_tolerance
 from uvc.errors import ExportError
@@ -160,17 +164,24 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def _move_to_external(path: Path) -> None:
+def save_onnx(proto: onnx.ModelProto, path: Path, external: bool) -> Path:
+    """Write ``proto`` to ``path``: self-contained, or weights in ``<name>.data`` beside it."""
     import onnx
 
-    proto = onnx.load(str(path))
     onnx.save_model(
         proto,
         str(path),
-        save_as_external_data=True,
+        save_as_external_data=external,
         all_tensors_to_one_file=True,
-        location=path.name + ".data",
+        location=Path(path).name + ".data",
     )
+    return Path(path)
+
+
+def _move_to_external(path: Path) -> None:
+    import onnx
+
+    save_onnx(onnx.load(str(path)), path, external=True)
 
 
 def _first_line(exc: BaseException) -> str:
