@@ -30,7 +30,7 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 bench: $(STAMP)  ## reference benchmark on this machine -> bench/results/
-	$(BIN)/python -m bench.reference --out bench/results
+	$(BIN)/python -m uvc.bench.reference --out bench/results
 
 docker-lint: $(STAMP)  ## lint the Dockerfiles with hadolint
 	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu

@@ -1,6 +1,6 @@
 """Print the foundation's acceptance table: uvc.cost vs fvcore, timm parity, dense vs masked.
 
-``python -m bench.cost_check`` (CPU, about a minute): for each timm model, fvcore's MAC count of
+``python -m uvc.bench.cost_check`` (CPU, about a minute): for each timm model, fvcore's MAC count of
 the timm model (fused attention off) next to ``uvc.cost``; the parameter counts; the max |Δ logits|
 between timm and ``uvc.model.ViT`` with the same weights; and, for a random keep-set with a block
 without attention, one without MLP and a single-head block, the max |Δ| between the materialized
@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 
 import torch
+from uvc.export.materialize import materialize
 
-from export.materialize import materialize
 from uvc.cost import macs, params
 from uvc.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
 from uvc.spec import ViTSpec

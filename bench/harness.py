@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench.report import BenchResult, Row, fill_efficiency
-from bench.runners import (
+from uvc.bench.report import BenchResult, Row, fill_efficiency
+from uvc.bench.runners import (
     Backend,
     OrtRunner,
     Precision,
@@ -30,7 +29,8 @@ from bench.runners import (
     TorchRunner,
     TrtEngineRunner,
 )
-from bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
+from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
+
 from uvc.cost import macs, params
 from uvc.errors import BackendUnavailable, UvcError
 from uvc.model import ViT
@@ -137,11 +137,11 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
 
 
 def ensure_onnx(bm: BenchModel, workdir: Path) -> Path:
-    """The model's ONNX file, exported with ``export.onnx.export_onnx`` when it has none."""
+    """The model's ONNX file, exported with ``uvc.export.onnx.export_onnx`` when it has none."""
     if bm.onnx is not None:
         return bm.onnx
     try:
-        from export.onnx import export_onnx
+        from uvc.export.onnx import export_onnx
     except ImportError as exc:
         raise BackendUnavailable(f"ONNX export is unavailable: {exc}") from None
     t0 = time.perf_counter()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from uvc.bench.runners import Backend, Precision, RunnerConfig, TorchRunner
+from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
-from bench.runners import Backend, Precision, RunnerConfig, TorchRunner
-from bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 from uvc.cost import LUT_FORMAT, LUT_VERSION, LatencyTable
 from uvc.errors import BackendUnavailable, SpecError
 from uvc.keep import random_keep, spec_after

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from bench.report import BenchResult
+from uvc.bench.report import BenchResult
 
 
 def plot_result(result: BenchResult, path: str | Path) -> Path:

@@ -6,7 +6,7 @@ magnitude-based search tends to produce), ``-50%-a16`` keeps widths that are mul
 ``--align 16`` produces), so the table answers "do aligned widths change efficiency". PyTorch eager
 and ONNX Runtime on the CPU, batch 1 and 8, models interleaved. Also written: an ONNX Runtime
 per-operator profile at the largest batch (where the time goes) and the latency table's
-prediction error over random specs. Run: ``python -m bench.reference --out bench/results``.
+prediction error over random specs. Run: ``python -m uvc.bench.reference --out bench/results``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from uvc.bench.harness import BenchConfig, BenchModel, run_benchmark
+from uvc.bench.report import BenchResult, format_table
+from uvc.bench.timer import TimingConfig
 
-from bench.harness import BenchConfig, BenchModel, run_benchmark
-from bench.report import BenchResult, format_table
-from bench.timer import TimingConfig
 from uvc.cost import macs
 from uvc.keep import BlockKeep, KeepSet
 from uvc.model import ViT
@@ -84,7 +84,8 @@ def half_keep(spec: ViTSpec, align: int | None, target: float = TARGET_MACS) -> 
 
 def compressed_models(name: str, seed: int = 0) -> list[BenchModel]:
     """Dense ``name`` and its two ~50%-MACs materializations (unaligned, aligned to 16)."""
-    from export.materialize import materialize
+    from uvc.export.materialize import materialize
+
     from uvc.source import resolve_spec
 
     torch.manual_seed(seed)
@@ -156,7 +157,7 @@ def _run_reference(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     md = [
         "# Reference benchmark",
         "",
-        f"Command: `python -m bench.reference --out {args.out}` (threads {args.threads}, "
+        f"Command: `python -m uvc.bench.reference --out {args.out}` (threads {args.threads}, "
         f"{args.rounds} rounds x {args.reps} reps per model, models interleaved).",
         "",
     ]
@@ -217,7 +218,8 @@ def _profile_table(prof: dict[str, dict[str, float]], batch: int) -> list[str]:
 
 def _lut_section(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
     """Measure a latency table for the first model and its prediction error over random specs."""
-    from bench.lut import LutConfig, build_lut
+    from uvc.bench.lut import LutConfig, build_lut
+
     from uvc.source import resolve_spec
 
     name = args.models.split(",")[0]

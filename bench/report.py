@@ -1,6 +1,6 @@
 """Benchmark results and their comparison: rows, speedup vs MACs, the --check verdict, tables.
 
-Kept apart from running (``bench.harness``): a saved result can be re-checked or re-printed
+Kept apart from running (``uvc.bench.harness``): a saved result can be re-checked or re-printed
 without timing anything again.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.timer import Summary
+from uvc.bench.timer import Summary
 
 
 @dataclass

@@ -206,7 +206,7 @@ class TorchRunner(Runner):
         self._graphs: dict[int, tuple[Any, Tensor, Tensor]] = {}
 
     def _build(self) -> None:
-        from bench.timer import set_threads
+        from uvc.bench.timer import set_threads
 
         set_threads(self.config.threads)
         dev, dtype = self.config.torch_device, self.config.precision.dtype
@@ -338,7 +338,7 @@ class OrtRunner(Runner):
 
 
 class TrtEngineRunner(Runner):
-    """A native TensorRT engine, through ``export.tensorrt.TrtRunner``."""
+    """A native TensorRT engine, through ``uvc.export.tensorrt.TrtRunner``."""
 
     def __init__(
         self, engine_path: str | Path | None, input_shape: tuple[int, ...], config: RunnerConfig
@@ -359,7 +359,7 @@ class TrtEngineRunner(Runner):
 
     def _build(self) -> None:
         try:
-            from export.tensorrt import TrtRunner
+            from uvc.export.tensorrt import TrtRunner
         except ImportError as exc:
             raise BackendUnavailable(f"TensorRT runner unavailable: {exc}") from None
         self._trt = TrtRunner(self.engine_path)

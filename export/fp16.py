@@ -43,7 +43,7 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
     """Write an FP16 copy of the FP32 ONNX graph ``src`` to ``dst``.
 
     Args:
-        src: an FP32 graph (e.g. from ``export.onnx.export_onnx``).
+        src: an FP32 graph (e.g. from ``uvc.export.onnx.export_onnx``).
         dst: the FP16 graph to write (single file; external data beyond 1.8 GB like the FP32 one).
         keep_fp32_ops: op types that stay FP32, fed and read through Casts.
 
@@ -55,8 +55,7 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from export.onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
+    from uvc.export.onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
 
     keep = frozenset(keep_fp32_ops)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))

@@ -25,7 +25,8 @@ import torch
 if TYPE_CHECKING:
     import onnx
 
-from export.validate import Comparison, ValidationReport, compare, require_tolerance
+from uvc.export.validate import Comparison, ValidationReport, compare, require_tolerance
+
 from uvc.errors import ExportError
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from uvc.export.artifacts import (
+    check_out,
+    make_staging,
+    move_into_place,
+    usual_permissions,
+    write_json,
+)
+from uvc.export.onnx import MIN_OPSET, Exporter
+from uvc.export.validate import ValidationReport
 
-from export.artifacts import check_out, make_staging, move_into_place, usual_permissions, write_json
-from export.onnx import MIN_OPSET, Exporter
-from export.validate import ValidationReport
 from uvc.errors import ExportError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -142,7 +148,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             case ``cfg.out`` is left as it was.
     """
     if cfg.trt:
-        from export.tensorrt import require_cuda, require_tensorrt
+        from uvc.export.tensorrt import require_cuda, require_tensorrt
 
         # Fail before any work when the engine cannot be built here.
         require_tensorrt()
@@ -166,9 +172,10 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
     """The dense ``ViT`` to export and a word for what it came from.
 
     A checkpoint whose ``extra`` holds ``"keep"`` (a search checkpoint) is materialized with
-    ``export.materialize`` so the exported model is the physically smaller one.
+    ``uvc.export.materialize`` so the exported model is the physically smaller one.
     """
-    from export.materialize import materialize
+    from uvc.export.materialize import materialize
+
     from uvc.checkpoint import is_checkpoint, load_checkpoint
     from uvc.errors import CheckpointError
     from uvc.keep import BlockKeep, check_keep
@@ -237,8 +244,9 @@ def _read_torch_file(path: Path) -> object:
 def _export_into(
     cfg: ExportConfig, model: torch.nn.Module, source: str, tmp: Path
 ) -> dict[str, Any]:
-    from export.onnx import check_onnx, export_onnx, validate_onnx
-    from export.validate import validation_inputs
+    from uvc.export.onnx import check_onnx, export_onnx, validate_onnx
+    from uvc.export.validate import validation_inputs
+
     from uvc.checkpoint import Checkpoint, save_checkpoint
     from uvc.cost import macs, params
 
@@ -290,7 +298,7 @@ def _export_into(
 
     fp16_path = None
     if cfg.fp16:
-        from export.fp16 import KEEP_FP32_OPS, convert_to_fp16
+        from uvc.export.fp16 import KEEP_FP32_OPS, convert_to_fp16
 
         fp16_path = convert_to_fp16(onnx_path, tmp / "model.fp16.onnx")
         check_onnx(fp16_path, cfg.opset)
@@ -301,7 +309,7 @@ def _export_into(
         summary["validation"]["onnx_fp16"] = report.to_dict()
 
     if cfg.trt:
-        from export.tensorrt import TrtBuildConfig, build_engine, validate_engine
+        from uvc.export.tensorrt import TrtBuildConfig, build_engine, validate_engine
 
         trt_cfg = TrtBuildConfig(
             min_batch=cfg.min_batch,

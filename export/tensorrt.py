@@ -4,7 +4,7 @@ Written against the TensorRT 10 and 11 Python APIs. Both build with ``build_seri
 and run with name-based tensor I/O (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``). They differ in precision: TensorRT 10 makes FP16 engines from the FP32 graph
 with ``BuilderFlag.FP16``; TensorRT 11 removed that flag (networks are strongly typed), so its FP16
-engines are built from the FP16 ONNX graph of ``export.fp16``.
+engines are built from the FP16 ONNX graph of ``uvc.export.fp16``.
 
 I/O buffers are torch CUDA tensors and the work is queued on the current torch stream: no pycuda
 (source-only, needs the CUDA headers to build) and no cuda-python needed.
@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from uvc.export.validate import Comparison, ValidationReport, compare, require_tolerance
 
-from export.validate import Comparison, ValidationReport, compare, require_tolerance
 from uvc.errors import BackendUnavailable, ExportError
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,13 @@ def build_engine(
         onnx_path: the FP32 ONNX graph (input ``images``, dynamic batch).
         engine_path: where to write the engine.
         cfg: profile, precision, workspace, timing cache.
-        fp16_onnx: the FP16 graph of ``export.fp16``; required for ``cfg.fp16`` on TensorRT 11.
+        fp16_onnx: the FP16 graph of ``uvc.export.fp16``; required for ``cfg.fp16`` on TensorRT 11.
 
     Raises:
         BackendUnavailable: no TensorRT or no GPU.
         ExportError: the graph does not parse or the build fails.
     """
-    from export.onnx import INPUT_NAME, input_shape_of
+    from uvc.export.onnx import INPUT_NAME, input_shape_of
 
     trt = require_tensorrt()
     require_cuda()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from torch import nn
+from uvc.bench.cost_check import MODELS as TIMM_MODELS
+from uvc.bench.cost_check import fvcore_macs
 
-from bench.cost_check import MODELS as TIMM_MODELS
-from bench.cost_check import fvcore_macs
 from uvc.spec import BlockSpec, ViTSpec
 
 __all__ = ["TIMM_MODELS", "fvcore_macs", "timm_unfused", "tiny_spec"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
 from tests.helpers import tiny_spec
 from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.cli import cli
 from uvc.cost import macs, params
 from uvc.model import ViT
 

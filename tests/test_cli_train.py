@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
 from uvc.checkpoint import load_checkpoint
+from uvc.cli import cli
 from uvc.runlog import read_log
 from uvc.spec import ViTSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-UVC = [sys.executable, "-c", "from cli import main; main()"]
+UVC = [sys.executable, "-c", "from uvc.cli import main; main()"]
 
 
 def test_train_help_lists_the_options() -> None:
@@ -61,7 +61,6 @@ def _train_args(out: Path, spec: Path) -> list[str]:
 
 
 def test_kill_and_resume_gives_the_same_architecture(tmp_path: Path) -> None:
-    pytest.importorskip("uvc.search", reason="the search stage (uvc/search.py) is not present")
     spec = ViTSpec.uniform(2, 32, 2, 2.0, img_size=16, patch_size=4, num_classes=10)
     spec_file = spec.save(tmp_path / "tiny.json")
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import TrainConfig, clear_run, train
 from uvc.checkpoint import load_checkpoint
 from uvc.errors import UvcError
+from uvc.pipeline import TrainConfig, clear_run, train
 from uvc.runlog import read_log
 from uvc.spec import ViTSpec
 from uvc.teacher import load_base_model
@@ -47,7 +47,6 @@ def tiny_config(out: Path, model: Path, **kw: object) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, object]:
-    pytest.importorskip("uvc.search", reason="the search stage (uvc/search.py) is not present")
     folder = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     cfg = tiny_config(folder / "out", tiny_spec_file(folder))
@@ -86,7 +85,7 @@ def test_run_log_covers_every_stage(tiny_run: tuple) -> None:
 
 def test_final_checkpoint_reproduces_its_accuracy_in_a_fresh_process(tiny_run: tuple) -> None:
     cfg, res = tiny_run
-    code = f"import pipeline; print(pipeline.evaluate_final({cfg.out!r}))"
+    code = f"from uvc import pipeline; print(pipeline.evaluate_final({cfg.out!r}))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no spin-waiting threads on a busy machine
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -1,6 +1,6 @@
 """Keep-sets: which heads, dims, MLP units and sub-layers of each block survive pruning.
 
-A keep-set is what the trainer produces and what ``export.materialize`` consumes. The masked
+A keep-set is what the trainer produces and what ``uvc.export.materialize`` consumes. The masked
 forward (``masked``) applies one to the full model the way training does — by zeroing activations —
 so "dense output == masked output" is a test of the exporter, not a hope.
 """

@@ -52,7 +52,7 @@ class SearchResult:
     """What the search found.
 
     Args:
-        keep: the chosen keep-set (materialize it with ``export.materialize``).
+        keep: the chosen keep-set (materialize it with ``uvc.export.materialize``).
         spec: ``spec_after(model.spec, keep)``.
         model: the full-shape student after search (masks off).
         history: every logged record.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from uvc.bench.harness import BenchModel
+from uvc.bench.timer import TimingConfig
 
-from bench.harness import BenchModel
-from bench.timer import TimingConfig
 from tests.helpers import tiny_spec
 from uvc.keep import random_keep
 from uvc.model import ViT
@@ -26,14 +26,14 @@ def tiny_model() -> ViT:
 
 @pytest.fixture(scope="session")
 def half_model(tiny_model: ViT) -> ViT:
-    from export.materialize import materialize
+    from uvc.export.materialize import materialize
 
     return materialize(tiny_model, random_keep(tiny_model.spec, 0.5, seed=1)).eval()
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model: ViT, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.onnx import export_onnx
+    from uvc.export.onnx import export_onnx
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from bench.harness import BenchConfig, BenchModel, bench_targets, load_target, run_benchmark
-from bench.report import (
+from uvc.bench.harness import BenchConfig, BenchModel, bench_targets, load_target, run_benchmark
+from uvc.bench.report import (
     BenchResult,
     Row,
     check_problems,
@@ -16,7 +15,8 @@ from bench.report import (
     fill_efficiency,
     format_table,
 )
-from bench.timer import summarize
+from uvc.bench.timer import summarize
+
 from tests.bench.conftest import FAST
 from uvc.checkpoint import Checkpoint, save_checkpoint
 from uvc.errors import UvcError

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bench.lut import (
+from uvc.bench.lut import (
     LutConfig,
     build_lut,
     default_frame,
@@ -16,7 +15,8 @@ from bench.lut import (
     lut_error,
     random_specs,
 )
-from bench.timer import TimingConfig
+from uvc.bench.timer import TimingConfig
+
 from tests.helpers import tiny_spec
 from uvc.cost import LatencyTable
 from uvc.errors import SpecError

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from uvc.bench.reference import half_keep, keep_at
 
-from bench.reference import half_keep, keep_at
 from uvc.cost import macs
 from uvc.keep import spec_after
 from uvc.spec import ViTSpec

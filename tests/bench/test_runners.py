@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bench.runners import (
+from uvc.bench.runners import (
     Backend,
     InputError,
     OrtRunner,
@@ -16,6 +15,7 @@ from bench.runners import (
     TorchRunner,
     TrtEngineRunner,
 )
+
 from uvc.errors import BackendUnavailable
 from uvc.model import ViT
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
-from bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
+from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
 
 class FakeClock:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from uvc.export.onnx import ort_session
 
-from cli import cli
-from export.onnx import ort_session
 from tests.helpers import tiny_spec
 from uvc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uvc.cli import cli
 from uvc.cost import macs
 from uvc.keep import random_keep, spec_after
 from uvc.model import ViT

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from uvc.export.fp16 import convert_to_fp16
+from uvc.export.onnx import Exporter, check_onnx, export_onnx, validate_onnx
+from uvc.export.validate import validation_inputs
 
-from export.fp16 import convert_to_fp16
-from export.onnx import Exporter, check_onnx, export_onnx, validate_onnx
-from export.validate import validation_inputs
 from tests.helpers import tiny_spec
 from uvc.model import ViT
 

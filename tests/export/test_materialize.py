@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from uvc.bench.cost_check import odd_keep
+from uvc.export.materialize import materialize
 
-from bench.cost_check import odd_keep
-from export.materialize import materialize
 from tests.helpers import TIMM_MODELS, fvcore_macs, tiny_spec
 from uvc.cost import macs, params
 from uvc.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep

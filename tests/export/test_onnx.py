@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from export.fp16 import convert_to_fp16
-from export.materialize import materialize
-from export.onnx import (
+from uvc.export.fp16 import convert_to_fp16
+from uvc.export.materialize import materialize
+from uvc.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     Exporter,
@@ -18,7 +17,8 @@ from export.onnx import (
     input_shape_of,
     validate_onnx,
 )
-from export.validate import AtolError, compare, require_tolerance, validation_inputs
+from uvc.export.validate import AtolError, compare, require_tolerance, validation_inputs
+
 from tests.helpers import tiny_spec
 from uvc.errors import ExportError, ValidationError
 from uvc.keep import random_keep
@@ -110,7 +110,7 @@ def test_compare_figures() -> None:
 
 
 def test_require_tolerance_rejects_nan() -> None:
-    from export.validate import ValidationReport
+    from uvc.export.validate import ValidationReport
 
     c = compare(torch.ones(1, 3), torch.full((1, 3), float("nan")))
     with pytest.raises(AtolError):
@@ -145,7 +145,7 @@ def test_validation_inputs_image_folder(tmp_path: Path) -> None:
 
 def test_external_data_beyond_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over the threshold the weights go to <name>.data; the pair checks, runs and converts."""
-    import export.onnx as onnx_mod
+    import uvc.export.onnx as onnx_mod
 
     monkeypatch.setattr(onnx_mod, "EXTERNAL_DATA_THRESHOLD", 0)
     model = _model()

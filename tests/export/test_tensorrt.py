@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from uvc.export.tensorrt import TrtBuildConfig, TrtRunner, require_tensorrt
 
-from export.tensorrt import TrtBuildConfig, TrtRunner, require_tensorrt
 from tests.helpers import tiny_spec
 from uvc.errors import BackendUnavailable
 from uvc.model import ViT
@@ -47,10 +47,10 @@ def gpu_trt():
 @pytest.mark.gpu
 @pytest.mark.parametrize("fp16", [False, True])
 def test_engine_build_run_validate(gpu_trt, tmp_path: Path, fp16: bool) -> None:
-    from export.fp16 import convert_to_fp16
-    from export.onnx import Exporter, export_onnx
-    from export.tensorrt import build_engine, validate_engine
-    from export.validate import validation_inputs
+    from uvc.export.fp16 import convert_to_fp16
+    from uvc.export.onnx import Exporter, export_onnx
+    from uvc.export.tensorrt import build_engine, validate_engine
+    from uvc.export.validate import validation_inputs
 
     model = ViT(tiny_spec()).eval()
     onnx_path = export_onnx(model, tmp_path / "m.onnx", exporter=Exporter.TORCHSCRIPT)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from uvc.export.materialize import materialize
 
-from export.materialize import materialize
 from tests.helpers import tiny_spec
 from uvc.checkpoint import load_checkpoint
 from uvc.cost import macs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from uvc.export.materialize import materialize
 
-from export.materialize import materialize
 from tests.helpers import tiny_spec
 from uvc.importance import magnitude
 from uvc.keep import BlockMasks, masked, spec_after

@@ -309,12 +309,12 @@ def _search_config(cfg: TrainConfig) -> Any:
 
 def run_stages(cfg: TrainConfig) -> TrainResult:
     """Teacher (if needed) -> search -> materialize -> finetune -> final.pt, each resumable."""
-    from export.materialize import materialize
     from uvc.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
     from uvc.cost import macs, params
     from uvc.data import DataConfig, build_data, seed_epoch
     from uvc.dist import init_distributed
     from uvc.distill import DistillConfig, DistillLoss
+    from uvc.export.materialize import materialize
     from uvc.finetune import FinetuneConfig, evaluate, finetune
     from uvc.plot import plot_architecture
     from uvc.runlog import RunLog, SummaryRow, summary_table
@@ -393,10 +393,8 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     teachers = Teachers(copy.deepcopy(model), extra).to(device)
 
     # Stage 1: search (masks, gates, duals) on a copy of the uncompressed model.
-    try:
-        from uvc.search import run_search
-    except ImportError as exc:
-        raise UvcError(f"the search stage (uvc.search) is not available: {exc}") from None
+    from uvc.search import run_search
+
     student = copy.deepcopy(model).to(device)
     # The search's gate noise must not depend on whether the teacher stage ran in this process
     # or was restored from teacher.pt (search.pt restores its own RNG state when it exists).

@@ -1,0 +1,12 @@
+"""The ``uvc`` command line: thin click commands over the library (``uvc --help``)."""
+
+from uvc.cli import bench, deploy, train  # noqa: F401  (registers the commands)
+from uvc.cli.app import cli
+
+
+def main() -> None:
+    """Console-script entry point (``uvc`` and ``python -m uvc``)."""
+    cli(prog_name="uvc")
+
+
+__all__ = ["cli", "main"]

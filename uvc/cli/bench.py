@@ -1,0 +1,199 @@
+"""``uvc bench`` and ``uvc lut``: thin shells over ``uvc.bench``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from uvc.cli.app import cli, default_threads, handle_errors, parse_csv
+from uvc.errors import UvcError
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--baseline", help="Reference model for speedups (default: the first MODEL).")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Weights for MODELs that carry none (timm names, spec JSONs).",
+)
+@click.option(
+    "--backends",
+    default="eager,ort",
+    show_default=True,
+    help="Comma-separated: eager, compile, cudagraph, ort, ort-trt, trt.",
+)
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16/bf16 run on CUDA only.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for every backend (default: torch's default here).",
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Round-robin passes over the models.",
+)
+@click.option(
+    "--reps",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Timed calls per model per round.",
+)
+@click.option("--include-copies", is_flag=True, help="Time host<->device copies too.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every sample.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Latency-vs-batch PNG.")
+@click.option("--check", is_flag=True, help="Exit 1 if any efficiency is below --min-efficiency.")
+@click.option(
+    "--min-efficiency",
+    type=click.FloatRange(min=0),
+    default=0.8,
+    show_default=True,
+    help="Efficiency = speedup / MACs-reduction factor.",
+)
+@handle_errors
+def bench(
+    models: tuple[str, ...],
+    baseline: str | None,
+    weights: str | None,
+    backends: str,
+    batch_sizes: str,
+    device: str,
+    precision: str,
+    threads: int | None,
+    warmup: int,
+    rounds: int,
+    reps: int,
+    include_copies: bool,
+    json_path: str | None,
+    plot_path: str | None,
+    check: bool,
+    min_efficiency: float,
+) -> None:
+    """Time MODELs (timm name, spec JSON, checkpoint, export folder) against a baseline.
+
+    Prints, per backend and batch: latency (median, p90), throughput, MACs, speedup vs the
+    baseline, MACs reduction and efficiency (speedup / MACs reduction). Models are timed
+    round-robin so that all of them see the same machine state.
+
+    \b
+    uvc bench runs/x/final.pt --baseline deit_small_patch16_224 --batch-sizes 1,8
+    uvc bench out/export --baseline deit_small_patch16_224 --device cuda --backends trt --check
+    """
+    from uvc.bench.harness import BenchConfig, bench_targets
+    from uvc.bench.report import check_problems, format_table
+    from uvc.bench.runners import Backend
+    from uvc.bench.timer import TimingConfig
+
+    try:
+        config = BenchConfig(
+            backends=parse_csv(Backend, backends),
+            batch_sizes=parse_csv(int, batch_sizes),
+            device=device,
+            precision=precision,
+            threads=threads or default_threads(),
+            timing=TimingConfig(warmup=warmup, rounds=rounds, reps=reps),
+            include_copies=include_copies,
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    result = bench_targets(models, config, baseline=baseline, weights=weights)
+    click.echo(format_table(result))
+    if json_path:
+        click.echo(f"wrote {result.save(json_path)}")
+    if plot_path:
+        from uvc.bench.plot import plot_result
+
+        click.echo(f"wrote {plot_result(result, plot_path)}")
+    if check:
+        problems = check_problems(result, min_efficiency)
+        for line in problems:
+            click.echo(line, err=True)
+        if problems:
+            sys.exit(1)
+
+
+@cli.command()
+@click.option("--model", help="Take embed width, tokens and grid ends from this model's spec.")
+@click.option("--embed-dim", type=click.IntRange(min=1), help="Without --model: embed width.")
+@click.option("--tokens", type=click.IntRange(min=2), help="Without --model: tokens (e.g. 197).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["eager", "compile", "cudagraph"]),
+    default="eager",
+    show_default=True,
+)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads (default: torch's default here).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Table JSON to write.")
+@click.option(
+    "--check-specs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also measure N random compressed specs and print the table's median error.",
+)
+@handle_errors
+def lut(
+    model: str | None,
+    embed_dim: int | None,
+    tokens: int | None,
+    device: str,
+    backend: str,
+    batch: int,
+    threads: int | None,
+    out: str,
+    check_specs: int,
+) -> None:
+    """Measure a latency lookup table (attention and MLP grids, fixed parts) for --metric latency.
+
+    \b
+    uvc lut --model deit_small_patch16_224 --batch 8 --out lut.json --check-specs 5
+    uvc lut --embed-dim 384 --tokens 197 --device cuda --backend cudagraph --out lut.json
+    """
+    from uvc.bench.lut import LutConfig, build_lut, default_frame
+    from uvc.source import resolve_spec
+
+    if model is None and (embed_dim is None or tokens is None):
+        raise UvcError("give --model, or both --embed-dim and --tokens")
+    spec = resolve_spec(model) if model else default_frame(embed_dim, tokens)  # type: ignore[arg-type]
+    try:
+        config = LutConfig.for_spec(
+            spec, batch=batch, backend=backend, device=device, threads=threads or default_threads()
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    table, err = build_lut(config, out, check_specs)
+    click.echo(
+        f"wrote {out}: fixed {table.fixed_ms:.3f} ms, full model "
+        f"{table.model_ms(spec):.3f} ms predicted"
+    )
+    if err is not None:
+        for p, m in zip(err.predicted_ms, err.measured_ms, strict=True):
+            click.echo(
+                f"  predicted {p:8.3f} ms  measured {m:8.3f} ms  error {abs(p - m) / m:6.1%}"
+            )
+        click.echo(
+            f"median |predicted - measured| / measured over {len(err.measured_ms)} "
+            f"random specs: {err.median_rel_error:.1%}"
+        )

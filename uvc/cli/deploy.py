@@ -1,0 +1,82 @@
+"""``uvc inspect`` and ``uvc export``: thin shells over ``uvc.summary`` and ``uvc.export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from uvc.cli.app import cli, handle_errors, parse_csv
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@handle_errors
+def inspect(target: str, as_json: bool) -> None:
+    """Show the MACs and parameters of TARGET, per block and in total.
+
+    TARGET is a timm model name (e.g. deit_small_patch16_224), a spec JSON file or a uvc
+    checkpoint (.pt). MACs are what papers call FLOPs (DeiT-Small: 4.6 G).
+    """
+    from uvc.source import resolve_spec
+    from uvc.summary import cost_summary, cost_table
+
+    spec = resolve_spec(target)
+    if as_json:
+        click.echo(json.dumps(cost_summary(spec)))
+    else:
+        click.echo(cost_table(spec))
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option("--out", "out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--weights", type=click.Path(), default=None, help="Local weights file.")
+@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Write model.onnx.")
+@click.option("--trt", is_flag=True, help="Build a TensorRT engine (needs a GPU and uvc[gpu]).")
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx; FP16 engine with --trt.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (at least 17).")
+@click.option("--min-batch", default=1, show_default=True, help="Smallest engine batch.")
+@click.option("--opt-batch", type=int, default=None, help="Engine batch to tune for [8].")
+@click.option("--max-batch", default=32, show_default=True, help="Largest engine batch.")
+@click.option("--simplify", is_flag=True, help="Simplify the ONNX graph with onnxslim.")
+@click.option("--atol", default=1e-4, show_default=True, help="Max |logit diff| (FP32).")
+@click.option("--calib-data", default=None, help="Validation images: a folder or 'digits'.")
+@click.option(
+    "--val-batches",
+    default="1,8",
+    show_default=True,
+    help="Batch sizes ONNX is validated on (>= 2 sizes); with --calib-data their sum is the "
+    "number of images compared (e.g. 1,8,350 for all 359 digits validation images).",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    default="dynamo",
+    show_default=True,
+    help="torch.onnx exporter.",
+)
+@click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT timing cache.")
+@click.option("--workspace-mib", default=4096, show_default=True, help="TensorRT workspace.")
+@click.option("--tf32", is_flag=True, help="Allow TF32 in FP32 TensorRT engines (off: real FP32).")
+@handle_errors
+def export_cmd(model: str, out: str, **opts: Any) -> None:
+    """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.
+
+    MODEL is a uvc checkpoint (dense, or a search checkpoint, materialized first), a spec JSON or
+    a timm name (with --weights). Exit 1 when outputs differ beyond tolerance, 2 on bad input.
+    """
+    from uvc.errors import ValidationError
+    from uvc.export.pipeline import ExportConfig, export_model
+
+    opts["val_batches"] = parse_csv(int, opts["val_batches"])
+    cfg = ExportConfig(model=model, out=out, **opts)
+    try:
+        result = export_model(cfg)
+    except ValidationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"exported to {result.out}: {', '.join(result.files)}")

@@ -1,0 +1,226 @@
+"""``uvc train`` and ``uvc demo``: thin shells over ``uvc.pipeline``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from uvc.cli.app import cli, handle_errors
+from uvc.errors import UvcError
+
+
+@cli.command()
+@click.option(
+    "--model",
+    default="uvc-tiny",
+    show_default=True,
+    help="timm ViT/DeiT name, spec JSON, uvc checkpoint, or uvc-tiny (built in).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local weights for --model (.pth/.safetensors/DeiT/uvc). Never downloaded.",
+)
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="ImageFolder folder (train/ + val/ or test/, or one tree with --val-split), "
+    "or 'digits' (built in, no download).",
+)
+@click.option(
+    "--val-split",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Held-out fraction when --data is a single ImageFolder tree.",
+)
+@click.option(
+    "--img-size",
+    type=int,
+    default=None,
+    help="Input side for a model without weights (default: the model's; digits: 32).",
+)
+@click.option("--out", default="runs/train", show_default=True, help="Output folder.")
+@click.option(
+    "--budget",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Fraction of the resource to keep (0.5 = half the MACs).",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["macs", "params", "latency"]),
+    default="macs",
+    show_default=True,
+    help="What the budget counts; latency needs --lut.",
+)
+@click.option(
+    "--lut",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Latency lookup table JSON (from `uvc lut`) for --metric latency.",
+)
+@click.option(
+    "--search-epochs",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Stage-1 (search) epochs, warmup included.",
+)
+@click.option(
+    "--finetune-epochs",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Stage-2 epochs on the dense compressed model.",
+)
+@click.option(
+    "--teacher-epochs",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Epochs to train the uncompressed model first when it has no weights for "
+    "this data (0: never).",
+)
+@click.option(
+    "--warmup-epochs",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Search epochs with the skip gates fixed, before pruning starts.",
+)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW LR.")
+@click.option(
+    "--importance",
+    type=click.Choice(["magnitude", "taylor", "fisher"]),
+    default="magnitude",
+    show_default=True,
+    help="How pruning candidates are scored.",
+)
+@click.option(
+    "--per-head-v/--no-per-head-v",
+    default=False,
+    show_default=True,
+    help="UVC's per-head value dims (padded to align heads at export).",
+)
+@click.option(
+    "--align",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Round kept widths to a multiple of this (8 suits tensor cores).",
+)
+@click.option(
+    "--kd",
+    type=click.Choice(["soft", "hard", "none"]),
+    default="soft",
+    show_default=True,
+    help="Distillation from the teacher.",
+)
+@click.option(
+    "--alpha", type=float, default=0.5, show_default=True, help="Weight of the distillation term."
+)
+@click.option("--tau", type=float, default=1.0, show_default=True, help="KD temperature.")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option(
+    "--mixup",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Mixup alpha for teacher/finetune training (0: off).",
+)
+@click.option(
+    "--cutmix",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="CutMix alpha for teacher/finetune training (0: off).",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="Extra timm teacher (any architecture, e.g. resnet50); needs --teacher-weights.",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local weights of --teacher, trained on this dataset's classes.",
+)
+@click.option(
+    "--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Mixed precision (CUDA only)."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Continue the killed run in this folder with its saved settings "
+    "(other options are ignored).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@handle_errors
+def train(resume: str | None, no_progress: bool, **options: Any) -> None:
+    """Compress a ViT: teacher -> UVC search -> dense model -> fine-tune, all in --out.
+
+    \b
+    uvc train --data digits --budget 0.5 --out runs/digits
+    uvc train --model deit_tiny_patch16_224 --weights deit_tiny.pth --data ~/imagenet-subset
+    uvc train --resume runs/digits        # after a crash or kill
+
+    Writes config.json, teacher.pt, search.pt, spec.json, finetune.pt, final.pt (the dense
+    compressed model with its accuracy and MACs), log.jsonl, architecture.png and summary.txt.
+    """
+    from uvc.pipeline import TrainConfig
+    from uvc.pipeline import train as run_train
+
+    if resume is not None:
+        result = run_train(resume=resume)
+    else:
+        try:
+            cfg = TrainConfig(progress=not no_progress, **options)
+        except ValueError as exc:
+            raise UvcError(str(exc)) from None
+        result = run_train(cfg)
+    click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")
+
+
+@cli.command()
+@click.option("--out", default="runs/demo", show_default=True, help="Output folder.")
+@click.option("--fresh", is_flag=True, help="Delete a previous demo run in --out first.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="CPU threads for torch (0: torch's default).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@handle_errors
+def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progress: bool) -> None:
+    """The whole job on the built-in default, in a few minutes on a CPU.
+
+    A tiny ViT on the built-in digits dataset: train the teacher, UVC search at half the MACs,
+    build the dense model, fine-tune it with distillation, print the before/after table. A run
+    already in --out is continued (finished stages are skipped); --fresh starts over.
+    """
+    from uvc.pipeline import demo as run_demo
+
+    result = run_demo(
+        out,
+        fresh=fresh,
+        device=device,
+        seed=seed,
+        progress=not no_progress,
+        threads=threads or None,
+    )
+    click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")
