@@ -29,6 +29,7 @@ from uvc.bench.runners import (
     TorchRunner,
     TrtEngineRunner,
 )
+from uvc.bench.stats import paired_speedup
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
 from uvc.cost import macs, params
@@ -227,7 +228,7 @@ def run_benchmark(
         workdir = config.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for backend in config.backends:
-            rows += _run_backend(models, config, backend, workdir)
+            rows += _run_backend(models, config, backend, workdir, base)
     fill_efficiency(rows, base)
     model_info = [
         {
@@ -244,7 +245,11 @@ def run_benchmark(
 
 
 def _run_backend(
-    models: Sequence[BenchModel], config: BenchConfig, backend: Backend, workdir: Path
+    models: Sequence[BenchModel],
+    config: BenchConfig,
+    backend: Backend,
+    workdir: Path,
+    baseline: str | None = None,
 ) -> list[Row]:
     """All rows of one backend: open runners, then per batch size time the models round-robin."""
     rows: dict[tuple[str, int], Row] = {}
@@ -276,7 +281,7 @@ def _run_backend(
     # ONNX Runtime's run() returns when its work is done, on streams torch cannot see: host clock.
     on_gpu = torch.device(config.device).type == "cuda" and backend not in ORT_BACKENDS
     watch = Stopwatch(config.device if on_gpu else "cpu")
-    timing = config.timing
+    baseline = models[0].label if baseline is None else baseline
     try:
         for b in config.batch_sizes:
             live = []
@@ -286,23 +291,59 @@ def _run_backend(
                     row.prepare_s = runner.prepare(b)
                     x = runner.make_input(b, seed=b)
                     row.max_abs_diff = _max_diff(bm.model, runner, x)
-                    take_samples(lambda r=runner, x=x: r.infer(x), 0, watch, timing.warmup)
+                    take_samples(lambda r=runner, x=x: r.infer(x), 0, watch, config.timing.warmup)
                     live.append((bm, runner, x, []))
+                except BackendUnavailable as exc:  # e.g. a batch outside a TensorRT profile
+                    row.status = f"skipped: {exc}"
                 except Exception as exc:
                     log.exception("%s on %s, batch %d failed", backend.value, bm.label, b)
                     row.status = f"failed: {type(exc).__name__}: {exc}"
-            for r in range(timing.rounds):
-                order = live[r % len(live) :] + live[: r % len(live)] if live else []
-                for _bm, runner, x, samples in order:
-                    fn = lambda r=runner, x=x: r.infer(x)  # noqa: E731
-                    samples += take_samples(fn, timing.reps, watch, timing.warmup_per_round)
+            n_rounds = _time_rounds(live, config.timing, watch, baseline)
             for bm, _runner, _x, samples in live:
                 label = f"{bm.label}/{backend.value}/b{b}"
-                rows[(bm.label, b)].summary = summarize(samples, b, label)
+                rows[(bm.label, b)].summary = summarize(samples, b, label, rounds=n_rounds)
     finally:
         for _bm, runner in runners:
             runner.__exit__(None, None, None)
     return list(rows.values())
+
+
+def _time_rounds(live: list[Any], timing: TimingConfig, watch: Stopwatch, baseline: str) -> int:
+    """Round-robin passes over ``live`` (bm, runner, x, samples); returns how many were run.
+
+    ``timing.rounds`` passes, then, with ``timing.until_ci``, more until every model's paired
+    speedup interval against ``baseline`` is narrow enough or ``timing.ci_time_s`` has passed.
+    """
+    if not live:
+        return 0
+    t0 = time.perf_counter()
+    done = 0
+    while True:
+        r = done % len(live)
+        for _bm, runner, x, samples in live[r:] + live[:r]:
+            fn = lambda runner=runner, x=x: runner.infer(x)  # noqa: E731
+            samples += take_samples(fn, timing.reps, watch, timing.warmup_per_round)
+        done += 1
+        if done < timing.rounds:
+            continue
+        if timing.until_ci is None or time.perf_counter() - t0 > timing.ci_time_s:
+            return done
+        widest = _widest_interval(live, done, baseline)
+        if widest is None or widest <= timing.until_ci:
+            return done
+
+
+def _widest_interval(live: list[Any], rounds: int, baseline: str) -> float | None:
+    """The widest relative 95% interval of any model's paired speedup (None: no baseline)."""
+    base = next((s for bm, _r, _x, s in live if bm.label == baseline), None)
+    if base is None:
+        return None
+    widths = [
+        paired_speedup(base, rounds, s, rounds).rel_width
+        for bm, _r, _x, s in live
+        if bm.label != baseline
+    ]
+    return max(widths, default=None)
 
 
 def _max_diff(model: ViT, runner: Runner, x: torch.Tensor) -> float:

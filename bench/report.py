@@ -1,7 +1,10 @@
 """Benchmark results and their comparison: rows, speedup vs MACs, the --check verdict, tables.
 
 Kept apart from running (``uvc.bench.harness``): a saved result can be re-checked or re-printed
-without timing anything again.
+without timing anything again. Speedup and efficiency are paired statistics (``uvc.bench.stats``):
+the median over rounds of baseline/model round medians, with a bootstrap 95% interval; ``--check``
+fails a row only when the whole interval is below the bar and calls it inconclusive when the
+interval straddles it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from uvc.bench.stats import MIN_ROUNDS, Interval, Verdict, paired_speedup, verdict
 from uvc.bench.timer import Summary
 
 
@@ -32,6 +36,8 @@ class Row:
     speedup: float | None = None
     macs_reduction: float | None = None
     efficiency: float | None = None
+    speedup_ci: Interval | None = None
+    efficiency_ci: Interval | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,6 +48,9 @@ class Row:
         """Plain data for JSON."""
         out = asdict(self)
         out["summary"] = None if self.summary is None else self.summary.to_dict()
+        for key in ("speedup_ci", "efficiency_ci"):
+            ci = getattr(self, key)
+            out[key] = None if ci is None else ci.to_dict()
         return out
 
 
@@ -53,15 +62,19 @@ class BenchResult:
     models: list[dict[str, Any]]
     baseline: str
     rows: list[Row]
+    check: dict[str, Any] | None = None  # the --check verdicts, when one was asked for
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
-        return {
+        out = {
             "environment": self.environment,
             "models": self.models,
             "baseline": self.baseline,
             "rows": [r.to_dict() for r in self.rows],
         }
+        if self.check is not None:
+            out["check"] = self.check
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON record (atomically)."""
@@ -75,46 +88,107 @@ class BenchResult:
 def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
     """Set speedup, MACs reduction and efficiency of every measured row against ``baseline``.
 
-    speedup = baseline median / row median (same backend and batch); MACs reduction = baseline
-    MACs / row MACs; efficiency = speedup / MACs reduction.
+    speedup = median over rounds of (baseline round median / row round median), same backend and
+    batch, with its bootstrap 95% interval; MACs reduction = baseline MACs / row MACs;
+    efficiency = speedup / MACs reduction (its interval scaled alike).
     """
     ref = {(r.backend, r.batch): r for r in rows if r.model == baseline}
     for r in rows:
         b = ref.get((r.backend, r.batch))
         if b is None or r.summary is None or b.summary is None or not r.ok or not b.ok:
             continue
-        r.speedup = b.summary.median_ms / r.summary.median_ms
+        bs, rs = b.summary, r.summary
+        ci = paired_speedup(bs.samples_ms, bs.rounds, rs.samples_ms, rs.rounds)
         r.macs_reduction = b.macs / r.macs
-        r.efficiency = r.speedup / r.macs_reduction
+        r.speedup_ci = ci
+        r.efficiency_ci = ci.scaled(1 / r.macs_reduction)
+        r.speedup = ci.value
+        r.efficiency = r.efficiency_ci.value
+
+
+def _compared(result: BenchResult) -> list[Row]:
+    return [r for r in result.rows if r.model != result.baseline and r.efficiency_ci is not None]
+
+
+def row_verdict(row: Row, min_efficiency: float) -> Verdict:
+    """The --check verdict of one compared row (see ``uvc.bench.stats.verdict``)."""
+    if row.efficiency_ci is None:
+        raise ValueError(f"{row.model} / {row.backend} / batch {row.batch} was not compared")
+    return verdict(row.efficiency_ci, min_efficiency)
 
 
 def failing_rows(result: BenchResult, min_efficiency: float) -> list[Row]:
-    """Measured non-baseline rows whose efficiency is below ``min_efficiency``."""
-    return [
-        r
-        for r in result.rows
-        if r.model != result.baseline and r.efficiency is not None and r.efficiency < min_efficiency
-    ]
+    """Non-baseline rows whose whole efficiency interval is below ``min_efficiency``."""
+    return [r for r in _compared(result) if row_verdict(r, min_efficiency) is Verdict.FAIL]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The --check outcome: one line per failing and per inconclusive row.
+
+    ``exit_code``: 0 every row passed, 1 some row failed (or nothing could be compared),
+    3 nothing failed but some row is inconclusive (not a pass: run more rounds).
+    """
+
+    failed: tuple[str, ...]
+    inconclusive: tuple[str, ...]
+    passed: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """Process exit status for ``uvc bench --check``."""
+        if self.failed:
+            return 1
+        return 3 if self.inconclusive else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "failed": list(self.failed),
+            "inconclusive": list(self.inconclusive),
+            "passed": list(self.passed),
+            "exit_code": self.exit_code,
+        }
+
+
+def check_result(result: BenchResult, min_efficiency: float) -> Check:
+    """Judge every compared row against ``min_efficiency`` with its interval."""
+    failed, unsure, passed = [], [], []
+    for r in _compared(result):
+        ci = r.efficiency_ci
+        assert ci is not None  # _compared keeps only compared rows
+        where = f"{r.model} / {r.backend} / batch {r.batch}"
+        v = row_verdict(r, min_efficiency)
+        if v is Verdict.FAIL:
+            failed.append(f"efficiency {ci} < {min_efficiency} (whole 95% interval): {where}")
+        elif v is Verdict.PASS:
+            passed.append(f"efficiency {ci} >= {min_efficiency}: {where}")
+        elif ci.n < MIN_ROUNDS:
+            unsure.append(
+                f"inconclusive: {ci.n} rounds < {MIN_ROUNDS} give no verdict "
+                f"(efficiency {ci}; raise --rounds): {where}"
+            )
+        else:
+            unsure.append(
+                f"inconclusive: efficiency {ci} straddles {min_efficiency} "
+                f"(raise --rounds or use --until-ci): {where}"
+            )
+    if not _compared(result):
+        failed.append("no row could be compared with the baseline (nothing measured to check)")
+    return Check(tuple(failed), tuple(unsure), tuple(passed))
 
 
 def check_problems(result: BenchResult, min_efficiency: float) -> list[str]:
-    """What ``--check`` fails on: rows below ``min_efficiency``, or nothing to compare at all."""
-    problems = [
-        f"efficiency {r.efficiency:.2f} < {min_efficiency}: "
-        f"{r.model} / {r.backend} / batch {r.batch}"
-        for r in failing_rows(result, min_efficiency)
-    ]
-    compared = [r for r in result.rows if r.model != result.baseline and r.efficiency is not None]
-    if not compared:
-        problems.append("no row could be compared with the baseline (nothing measured to check)")
-    return problems
+    """What ``--check`` fails on: rows whose whole interval is below the bar, or nothing to
+    compare at all (inconclusive rows are in ``check_result``)."""
+    return list(check_result(result, min_efficiency).failed)
 
 
 def format_table(result: BenchResult, markdown: bool = False) -> str:
     """The results as an aligned text table (or a markdown table)."""
     head = [
         "model", "backend", "batch", "median ms", "p90 ms", "img/s", "MMACs",
-        "speedup", "MACs red.", "efficiency", "status",
+        "speedup [95% CI]", "MACs red.", "efficiency [95% CI]", "status",
     ]  # fmt: skip
     lines = []
     for r in result.rows:
@@ -130,9 +204,9 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
                 "-" if s is None else f"{s.p90_ms:.2f}",
                 "-" if s is None else f"{s.throughput:.1f}",
                 f"{r.macs / 1e6:.1f}",
-                f(r.speedup, ".2f"),
+                _ci(r.speedup, r.speedup_ci),
                 f(r.macs_reduction, ".2f"),
-                f(r.efficiency, ".2f"),
+                _ci(r.efficiency, r.efficiency_ci),
                 r.status,
             ]
         )
@@ -145,4 +219,16 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
         out += ["  ".join(c.ljust(w) for c, w in zip(ln, widths, strict=True)) for ln in lines]
     if any(r.summary is not None and r.summary.noisy for r in result.rows):
         out.append("* IQR > 10% of the median: the machine was not quiet.")
+    out.append(
+        "speedup, efficiency: median over rounds of paired (baseline / model) ratios, "
+        "[bootstrap 95% interval]."
+    )
     return "\n".join(out)
+
+
+def _ci(value: float | None, ci: Interval | None) -> str:
+    if value is None:
+        return "-"
+    if ci is None or ci.n < 2:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{ci.lo:.2f}, {ci.hi:.2f}]"

@@ -33,18 +33,29 @@ class TimingConfig:
         reps: timed calls per model per round (samples = rounds * reps).
         warmup_per_round: untimed calls per model at the start of each round, so that a model
             whose turn comes after another's does not pay for the other's cache footprint.
+        until_ci: after ``rounds``, keep adding rounds until every compressed model's 95%
+            interval of its paired speedup is at most this wide relative to its median (e.g. 0.1);
+            None: exactly ``rounds`` rounds.
+        ci_time_s: with ``until_ci``, stop adding rounds after this many seconds per backend and
+            batch size, however wide the intervals still are.
     """
 
     warmup: int = 5
     rounds: int = 5
     reps: int = 10
     warmup_per_round: int = 1
+    until_ci: float | None = None
+    ci_time_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.warmup_per_round < 0:
             raise ValueError("warmup counts must be >= 0")
         if self.rounds < 1 or self.reps < 1:
             raise ValueError(f"rounds and reps must be >= 1, got {self.rounds}, {self.reps}")
+        if self.until_ci is not None and self.until_ci <= 0:
+            raise ValueError(f"until_ci must be a positive relative width, got {self.until_ci}")
+        if self.ci_time_s <= 0:
+            raise ValueError(f"ci_time_s must be positive, got {self.ci_time_s}")
 
     @property
     def samples(self) -> int:
@@ -101,6 +112,8 @@ class Summary:
         throughput: images per second at the median (``batch / median``).
         noisy: IQR / median above 10%: the machine was not quiet; do not trust small differences.
         samples_ms: every sample, in the order taken.
+        rounds: the samples are ``rounds`` equal consecutive chunks, one per round-robin pass
+            (what ``uvc.bench.stats`` pairs with the baseline's rounds).
     """
 
     n: int
@@ -114,6 +127,7 @@ class Summary:
     throughput: float
     noisy: bool
     samples_ms: tuple[float, ...]
+    rounds: int = 1
 
     @property
     def spread(self) -> float:
@@ -128,11 +142,18 @@ class Summary:
         return out
 
 
-def summarize(samples_s: Sequence[float], batch: int, label: str = "") -> Summary:
+def summarize(samples_s: Sequence[float], batch: int, label: str = "", rounds: int = 1) -> Summary:
     """Summarise per-call times (seconds) of calls on ``batch`` images.
 
+    Args:
+        samples_s: seconds per call, in the order taken.
+        batch: images per call.
+        label: names the row in the spread warning.
+        rounds: the samples split into this many equal consecutive rounds.
+
     Raises:
-        ValueError: no samples, a negative sample or a batch < 1.
+        ValueError: no samples, a negative sample, a batch < 1, or samples that do not split
+            into ``rounds`` equal rounds.
     """
     from torch.utils.benchmark.utils.common import Measurement, TaskSpec
 
@@ -142,6 +163,8 @@ def summarize(samples_s: Sequence[float], batch: int, label: str = "") -> Summar
         raise ValueError("a timing sample is negative: the clock went backwards")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if rounds < 1 or len(samples_s) % rounds:
+        raise ValueError(f"{len(samples_s)} samples do not split into {rounds} equal rounds")
     m = Measurement(
         number_per_run=1,
         raw_times=[float(s) for s in samples_s],
@@ -171,6 +194,7 @@ def summarize(samples_s: Sequence[float], batch: int, label: str = "") -> Summar
         throughput=batch / median if median > 0 else float("inf"),
         noisy=noisy,
         samples_ms=tuple(1e3 * float(s) for s in samples_s),
+        rounds=rounds,
     )
 
 

@@ -54,15 +54,32 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
 def test_check_exit_codes_and_outputs(spec_files: tuple[str, str], tmp_path: Path) -> None:
     dense, half = spec_files
     js, png = tmp_path / "r.json", tmp_path / "r.png"
-    base = ["bench", half, "--baseline", dense, "--backends", "eager", *FAST]
+    base = ["bench", half, "--baseline", dense, "--backends", "eager", *FAST, "--rounds", "5"]
     ok = _run(*base, "--json", str(js), "--plot", str(png), "--check", "--min-efficiency", "0")
     assert ok.exit_code == 0, ok.output
-    assert "(baseline)" in ok.output and json.loads(js.read_text())["baseline"] == dense
+    data = json.loads(js.read_text())
+    assert "(baseline)" in ok.output and data["baseline"] == dense
+    assert data["check"]["exit_code"] == 0 and len(data["check"]["passed"]) == 1
+    row = next(r for r in data["rows"] if r["model"] == half)
+    assert row["efficiency_ci"]["n"] == 5 and row["summary"]["rounds"] == 5
     assert png.read_bytes()[:4] == b"\x89PNG"
-    # No compressed model is 1000x more efficient than its MACs: every row fails, and is named.
+    # No compressed model is 1000x more efficient than its MACs: the whole interval is below.
     bad = _run(*base, "--check", "--min-efficiency", "1000")
     assert bad.exit_code == 1
-    assert f"{half} / eager / batch 1" in bad.output
+    assert f"{half} / eager / batch 1" in bad.output and "whole 95% interval" in bad.output
+    # One round is no evidence either way: inconclusive (exit 3), never a pass.
+    one = _run(*base[:-2], "--rounds", "1", "--check", "--min-efficiency", "0")
+    assert one.exit_code == 3, one.output
+    assert "inconclusive: 1 rounds < 5" in one.output
+
+
+def test_until_ci_adds_rounds_within_the_time_cap(spec_files: tuple[str, str]) -> None:
+    dense, half = spec_files
+    args = ["bench", half, "--baseline", dense, "--backends", "eager", *FAST, "--rounds", "2"]
+    res = _run(*args, "--until-ci", "1e-9", "--ci-time", "0.5", "--check")
+    # An interval 1e-9 wide is never reached: rounds are added until the time cap, then stop.
+    assert res.exit_code in (0, 1, 3), res.output
+    assert "rounds < 5" not in res.output  # more than 2 rounds were run in 0.5 s
 
 
 def test_lut_command_writes_a_table(tmp_path: Path) -> None:

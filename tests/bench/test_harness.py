@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from uvc.bench.harness import BenchConfig, BenchModel, bench_targets, load_target, run_benchmark
 from uvc.bench.report import (
     BenchResult,
@@ -15,16 +17,17 @@ from uvc.bench.report import (
     fill_efficiency,
     format_table,
 )
-from uvc.bench.timer import summarize
+from uvc.bench.runners import Runner, RunnerConfig
+from uvc.bench.timer import TimingConfig, summarize
 
 from tests.bench.conftest import FAST
 from uvc.checkpoint import Checkpoint, save_checkpoint
-from uvc.errors import UvcError
+from uvc.errors import BackendUnavailable, UvcError
 from uvc.model import ViT
 
 
 def _row(model: str, backend: str, batch: int, median_ms: float, macs: int) -> Row:
-    s = summarize([median_ms / 1e3] * 3, batch)
+    s = summarize([median_ms / 1e3] * 5, batch, rounds=5)  # 5 identical rounds
     return Row(model, backend, batch, "ok", macs, 0, summary=s)
 
 
@@ -138,6 +141,51 @@ def test_check_problems_names_rows_and_flags_empty_results() -> None:
     result = BenchResult({}, [], "dense", rows)
     assert check_problems(result, 0.5) == []
     (line,) = check_problems(result, 0.8)
-    assert line == "efficiency 0.62 < 0.8: half / ort / batch 8"
+    assert line == "efficiency 0.62 [0.62, 0.62] < 0.8 (whole 95% interval): half / ort / batch 8"
     only_baseline = BenchResult({}, [], "dense", rows[:1])
     assert "no row could be compared" in check_problems(only_baseline, 0.8)[0]
+
+
+def test_until_ci_runs_extra_rounds_until_the_cap(bench_models: list[BenchModel]) -> None:
+    timing = TimingConfig(warmup=0, rounds=2, reps=1, warmup_per_round=0)
+    config = BenchConfig(backends=("eager",), batch_sizes=(1,), timing=timing)
+    plain = run_benchmark(bench_models, config)
+    assert {r.summary.rounds for r in plain.rows if r.summary} == {2}
+    wide = replace(timing, until_ci=1e3)  # any interval is narrow enough: no extra round
+    got = run_benchmark(bench_models, replace(config, timing=wide))
+    assert {r.summary.rounds for r in got.rows if r.summary} == {2}
+    narrow = replace(timing, until_ci=1e-9, ci_time_s=0.3)  # never narrow enough: the cap stops it
+    got = run_benchmark(bench_models, replace(config, timing=narrow))
+    n = {r.summary.rounds for r in got.rows if r.summary}
+    assert len(n) == 1 and n.pop() > 2
+    half = next(r for r in got.rows if r.model == "half")
+    assert half.speedup_ci is not None and half.speedup_ci.n > 2
+
+
+class _OutsideProfile(Runner):
+    """A runner whose engine profile stops at batch 1 (like a TensorRT engine built for it)."""
+
+    def _build(self) -> None:
+        pass
+
+    def prepare(self, batch: int) -> float:
+        if batch > 1:
+            raise BackendUnavailable(f"batch {batch} is outside the engine's profile [1, 1]")
+        return 0.0
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 10)
+
+
+def test_batch_outside_a_profile_is_skipped_not_failed(
+    bench_models: list[BenchModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvc.bench.harness as harness
+
+    opened = lambda bm, cfg, be, wd: _OutsideProfile(bm.input_shape, RunnerConfig())  # noqa: E731
+    monkeypatch.setattr(harness, "open_runner", opened)
+    monkeypatch.setattr(harness, "_max_diff", lambda model, runner, x: 0.0)
+    config = BenchConfig(backends=("eager",), batch_sizes=(1, 2), timing=FAST)
+    rows = {(r.model, r.batch): r for r in run_benchmark(bench_models, config).rows}
+    assert rows[("dense", 1)].ok and rows[("half", 1)].ok
+    assert rows[("dense", 2)].status == "skipped: batch 2 is outside the engine's profile [1, 1]"

@@ -54,10 +54,30 @@ from uvc.errors import UvcError
     show_default=True,
     help="Timed calls per model per round.",
 )
+@click.option(
+    "--until-ci",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="After --rounds, add rounds until every 95%% interval of a paired speedup is at most "
+    "this wide relative to its median (e.g. 0.1), or --ci-time runs out.",
+)
+@click.option(
+    "--ci-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="With --until-ci: seconds of extra rounds at most, per backend and batch size.",
+)
 @click.option("--include-copies", is_flag=True, help="Time host<->device copies too.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every sample.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Latency-vs-batch PNG.")
-@click.option("--check", is_flag=True, help="Exit 1 if any efficiency is below --min-efficiency.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Judge each efficiency's 95%% interval against --min-efficiency: exit 1 if some "
+    "interval lies wholly below it, 3 if none does but some straddles it (inconclusive), "
+    "0 if every interval clears it.",
+)
 @click.option(
     "--min-efficiency",
     type=click.FloatRange(min=0),
@@ -78,6 +98,8 @@ def bench(
     warmup: int,
     rounds: int,
     reps: int,
+    until_ci: float | None,
+    ci_time: float,
     include_copies: bool,
     json_path: str | None,
     plot_path: str | None,
@@ -88,14 +110,15 @@ def bench(
 
     Prints, per backend and batch: latency (median, p90), throughput, MACs, speedup vs the
     baseline, MACs reduction and efficiency (speedup / MACs reduction). Models are timed
-    round-robin so that all of them see the same machine state.
+    round-robin so that all of them see the same machine state; speedup and efficiency are the
+    median of per-round paired ratios with a bootstrap 95% interval.
 
     \b
     uvc bench runs/x/final.pt --baseline deit_small_patch16_224 --batch-sizes 1,8
     uvc bench out/export --baseline deit_small_patch16_224 --device cuda --backends trt --check
     """
     from uvc.bench.harness import BenchConfig, bench_targets
-    from uvc.bench.report import check_problems, format_table
+    from uvc.bench.report import check_result, format_table
     from uvc.bench.runners import Backend
     from uvc.bench.timer import TimingConfig
 
@@ -106,25 +129,34 @@ def bench(
             device=device,
             precision=precision,
             threads=threads or default_threads(),
-            timing=TimingConfig(warmup=warmup, rounds=rounds, reps=reps),
+            timing=TimingConfig(
+                warmup=warmup, rounds=rounds, reps=reps, until_ci=until_ci, ci_time_s=ci_time
+            ),
             include_copies=include_copies,
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
     result = bench_targets(models, config, baseline=baseline, weights=weights)
     click.echo(format_table(result))
+    verdicts = check_result(result, min_efficiency) if check else None
+    if verdicts is not None:
+        result.check = {"min_efficiency": min_efficiency, **verdicts.to_dict()}
     if json_path:
         click.echo(f"wrote {result.save(json_path)}")
     if plot_path:
         from uvc.bench.plot import plot_result
 
         click.echo(f"wrote {plot_result(result, plot_path)}")
-    if check:
-        problems = check_problems(result, min_efficiency)
-        for line in problems:
+    if verdicts is not None:
+        for line in verdicts.failed + verdicts.inconclusive:
             click.echo(line, err=True)
-        if problems:
-            sys.exit(1)
+        click.echo(
+            f"check: {len(verdicts.passed)} passed, {len(verdicts.failed)} failed, "
+            f"{len(verdicts.inconclusive)} inconclusive",
+            err=True,
+        )
+        if verdicts.exit_code:
+            sys.exit(verdicts.exit_code)
 
 
 @cli.command()
