@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from uvc.importance import BlockScores
-from uvc.keep import KeepSet
+from uvc.importance import BlockScores, magnitude, map_of
+from uvc.keep import BlockKeep, KeepSet
 from uvc.model import ViT
 from uvc.resource import ResourceModel
+from uvc.spec import BlockSpec
+from uvc.structmap import PROXY, Kind
 from uvc.structure import HardBlock, next_higher_width, next_lower_width, ranks
 
 # --- schedules: pure functions of the step --------------------------------------------------
@@ -111,43 +113,65 @@ def proximal_shrink_(model: ViT, keep: KeepSet, duals: Duals, lr: float) -> Tens
 
     ``keep`` is the structure's keep-set *before* gates (a gated-off part is not a pruned group).
     Returns (L, 4): per block and part (heads, qk, v, mlp), the L2 norm of the pruned groups'
-    proxy weights after the shrink, divided by the norm of the whole part.
+    proxy weights after the shrink, divided by the norm of the whole part. Which slices a group
+    owns comes from ``uvc.structmap``; a value dim of a pruned head is the head dual's business.
     """
     d = duals.per_part()
+    smap = map_of(model)
+    params = dict(model.named_parameters())
     out = torch.zeros(len(keep), 4)
-    for i, (blk, k) in enumerate(zip(model.blocks, keep, strict=True)):
-        if blk.attn is not None and k.heads:
-            a = blk.attn
-            h, dq, dv = a.heads, a.qk_dim, a.v_dim
-            proj = a.proj.weight.view(-1, h, dv)  # (D, H, v): column h*dv + j is [:, h, j]
-            q = a.qkv.weight[: h * dq].view(h, dq, -1)
-            kk = a.qkv.weight[h * dq : 2 * h * dq].view(h, dq, -1)
-            pruned_h = [j for j in range(h) if j not in k.heads]
-            pruned_q = [j for j in range(dq) if j not in k.qk]
-            proj[:, pruned_h] *= shrink_factor(lr, float(d[i, 0]))
-            q[:, pruned_q] *= shrink_factor(lr, float(d[i, 1]))
-            kk[:, pruned_q] *= shrink_factor(lr, float(d[i, 1]))
-            v_mask = torch.ones(h, dv, dtype=torch.bool)
-            per = k.v_per_head or (k.v,) * len(k.heads)
-            for head, dims in zip(k.heads, per, strict=True):
-                v_mask[head, list(dims)] = False
-            v_mask[pruned_h] = False  # whole pruned heads are the heads' dual's business
-            proj[:, v_mask] *= shrink_factor(lr, float(d[i, 2]))
-            total_p = proj.square().sum().clamp_min(1e-30)
-            total_q = (q.square().sum() + kk.square().sum()).clamp_min(1e-30)
-            out[i, 0] = (proj[:, pruned_h].square().sum() / total_p).sqrt()
-            pq = q[:, pruned_q].square().sum() + kk[:, pruned_q].square().sum()
-            out[i, 1] = (pq / total_q).sqrt()
-            out[i, 2] = (proj[:, v_mask].square().sum() / total_p).sqrt()
-        if blk.mlp is not None and k.mlp:
-            fc2 = blk.mlp.fc2.weight
-            kept_m = set(k.mlp)
-            pruned_m = [j for j in range(fc2.shape[1]) if j not in kept_m]
-            fc2[:, pruned_m] *= shrink_factor(lr, float(d[i, 3]))
-            out[i, 3] = (
-                fc2[:, pruned_m].square().sum() / fc2.square().sum().clamp_min(1e-30)
-            ).sqrt()
+    pruned = [_pruned_units(b, k) for b, k in zip(model.spec.blocks, keep, strict=True)]
+    for i, units in enumerate(pruned):
+        factor = {
+            kind: _factor(smap.units(i, kind), idx, shrink_factor(lr, float(d[i, col])))
+            for kind, (col, idx) in units.items()
+        }
+        for axis in smap.block_axes(i) if factor else []:
+            suffix = axis.param.split(".", 2)[2]
+            own = {kd: f for kd, f in factor.items() if suffix in PROXY[kd]}
+            if own:
+                w = params[axis.param]
+                shape = [1] * w.dim()
+                shape[axis.dim] = -1
+                w.mul_(smap.position_factors(axis, own).to(w).view(shape))
+    squares = magnitude(model)  # after the shrink: what is left in the pruned groups
+    for i, units in enumerate(pruned):
+        sq = squares[i]
+        norms = {Kind.HEAD: sq.heads, Kind.QK: sq.qk_aligned, Kind.V_HEAD: sq.v.flatten()}
+        norms[Kind.MLP] = sq.mlp
+        for kind, (col, idx) in units.items():
+            n = norms[kind].double()
+            lost = n[list(idx)].sum() if len(idx) else n.new_zeros(())
+            out[i, col] = (lost / n.sum().clamp_min(1e-30)).sqrt()
     return out
+
+
+def _pruned_units(b: BlockSpec, k: BlockKeep) -> dict[Kind, tuple[int, list[int]]]:
+    """Per kind: (column of the (L, 4) shares, pruned unit indices) of one block."""
+    out: dict[Kind, tuple[int, list[int]]] = {}
+    if b.has_attn and k.heads:
+        out[Kind.HEAD] = (0, [h for h in range(b.heads) if h not in k.heads])
+        out[Kind.QK] = (1, [j for j in range(b.qk_dim) if j not in k.qk])
+        per = k.v_per_head or (k.v,) * len(k.heads)
+        out[Kind.V_HEAD] = (
+            2,
+            [
+                h * b.v_dim + j
+                for h, dims in zip(k.heads, per, strict=True)
+                for j in range(b.v_dim)
+                if j not in dims
+            ],
+        )
+    if b.has_mlp and k.mlp:
+        out[Kind.MLP] = (3, [j for j in range(b.mlp_dim) if j not in k.mlp])
+    return out
+
+
+def _factor(n: int, pruned: list[int], f: float) -> Tensor:
+    t = torch.ones(n)
+    if pruned:
+        t[pruned] = f
+    return t
 
 
 # --- final projection onto the budget -------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from uvc.errors import UvcError
 from uvc.model import ViT
+from uvc.structmap import Kind, StructureMap
 
 
 class Criterion(str, Enum):
@@ -80,32 +81,52 @@ _ELEMENT: dict[Criterion, Callable[[Tensor, Tensor | None], Tensor]] = {
 
 
 def _group_scores(model: ViT, criterion: Criterion) -> list[BlockScores]:
-    """Scores of every group from the current weights (and ``.grad`` for gradient criteria)."""
+    """Scores of every group from the current weights (and ``.grad`` for gradient criteria).
+
+    Which rows/columns a group owns comes from ``uvc.structmap`` (UVC's proxy weights).
+    """
     elem = _ELEMENT[criterion]
     # Fisher squares the *group* sum, so every granularity (head, dim) is summed before squaring.
     final: Callable[[Tensor], Tensor] = (
         (lambda t: t.square()) if criterion is Criterion.FISHER else (lambda t: t)
     )
+    smap = map_of(model)
+    params = dict(model.named_parameters())
+    cache: dict[tuple[str, int], Tensor] = {}
+
+    def per_position(name: str, dim: int) -> Tensor:
+        if (name, dim) not in cache:
+            w = params[name]
+            e = elem(w.detach().float(), _grads(w, criterion))
+            others = [d for d in range(e.dim()) if d != dim]
+            cache[(name, dim)] = e.sum(others) if others else e
+        return cache[(name, dim)]
+
     out = []
-    for blk in model.blocks:
+    for i, b in enumerate(model.spec.blocks):
         empty = torch.zeros(0)
-        heads = qk = v = qk_al = v_al = empty
-        if blk.attn is not None:
-            a = blk.attn
-            h, dq, dv = a.heads, a.qk_dim, a.v_dim
-            w_qkv, w_proj = a.qkv.weight.detach().float(), a.proj.weight.detach().float()
-            g_qkv, g_proj = _grads(a.qkv.weight, criterion), _grads(a.proj.weight, criterion)
-            e_qkv = elem(w_qkv, g_qkv).sum(1)  # (rows,) summed over the input width
-            e_proj = elem(w_proj, g_proj).sum(0).reshape(h, dv)  # (H, v) per proj column
-            qk_raw = e_qkv[: h * dq].reshape(h, dq) + e_qkv[h * dq : 2 * h * dq].reshape(h, dq)
-            heads, qk, v = final(e_proj.sum(1)), final(qk_raw), final(e_proj)
-            qk_al, v_al = final(qk_raw.sum(0)), final(e_proj.sum(0))
-        mlp = empty
-        if blk.mlp is not None:
-            w = blk.mlp.fc2.weight
-            mlp = final(elem(w.detach().float(), _grads(w, criterion)).sum(0))
+
+        def score(kind: Kind, i: int = i) -> Tensor:
+            return final(smap.reduce(i, kind, per_position, proxy=True))
+
+        heads = qk = v = qk_al = v_al = mlp = empty
+        if b.has_attn:
+            heads, qk_al, v_al = score(Kind.HEAD), score(Kind.QK), score(Kind.V)
+            qk = score(Kind.QK_HEAD).view(b.heads, b.qk_dim)
+            v = score(Kind.V_HEAD).view(b.heads, b.v_dim)
+        if b.has_mlp:
+            mlp = score(Kind.MLP)
         out.append(BlockScores(heads, qk, v, mlp, qk_al, v_al))
     return out
+
+
+def map_of(model: ViT) -> StructureMap:
+    """The structural map of ``model.spec``, built once per spec."""
+    cached = getattr(model, "_uvc_structure_map", None)
+    if cached is None or cached.spec != model.spec:
+        cached = StructureMap(model.spec)
+        object.__setattr__(model, "_uvc_structure_map", cached)
+    return cached
 
 
 def _grads(w: Tensor, criterion: Criterion) -> Tensor | None:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from uvc.errors import SpecError
 from uvc.spec import BlockSpec, ViTSpec
+from uvc.structmap import Kind, StructureMap
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,55 @@ class BlockKeep:
         )
 
 
-KeepSet = tuple[BlockKeep, ...]
+class KeepSet(tuple):
+    """A keep-set: one ``BlockKeep`` per block, plus the model-wide part.
+
+    A tuple of ``BlockKeep`` (code that walks blocks needs nothing else); ``embed`` holds the kept
+    residual-stream channels (NViT's embedding-width pruning), None for "all of them". Plain tuples
+    of ``BlockKeep`` are accepted everywhere a ``KeepSet`` is, with ``embed`` None.
+    """
+
+    embed: tuple[int, ...] | None
+
+    def __new__(cls, blocks: Sequence[BlockKeep], embed: Sequence[int] | None = None) -> KeepSet:
+        obj = super().__new__(cls, tuple(blocks))
+        if embed is not None:
+            embed = tuple(int(i) for i in embed)
+            if not embed or list(embed) != sorted(set(embed)):
+                raise SpecError("keep-set embed must be non-empty sorted unique channel indices")
+        obj.embed = embed
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        return tuple.__eq__(self, other) and embed_of(self) == embed_of(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.embed))
+
+    def to_json(self) -> list[dict[str, Any]] | dict[str, Any]:
+        """``keep.json`` data: a list of blocks, or ``{"blocks", "embed"}`` with an embed part."""
+        blocks = [k.to_dict() for k in self]
+        return blocks if self.embed is None else {"blocks": blocks, "embed": list(self.embed)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> KeepSet:
+        """Inverse of ``to_json`` (both layouts)."""
+        try:
+            if isinstance(data, dict):
+                return cls([BlockKeep.from_dict(b) for b in data["blocks"]], data.get("embed"))
+            return cls([BlockKeep.from_dict(b) for b in data])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"malformed keep-set: {exc!r}") from None
+
+
+def embed_of(keep: Sequence[BlockKeep]) -> tuple[int, ...] | None:
+    """The kept embedding channels of ``keep`` (None: all of them)."""
+    return getattr(keep, "embed", None)
 
 
 def full_keep(spec: ViTSpec) -> KeepSet:
     """The keep-set that keeps everything."""
-    return tuple(
+    return KeepSet(
         BlockKeep(
             tuple(range(b.heads)),
             tuple(range(b.qk_dim)),
@@ -120,6 +164,29 @@ def check_keep(spec: ViTSpec, keep: Sequence[BlockKeep]) -> None:
                 raise SpecError(f"block {i}: keep-set {name} index out of range 0..{limit - 1}")
         if k.v_per_head is not None and any(h[0] < 0 or h[-1] >= b.v_dim for h in k.v_per_head):
             raise SpecError(f"block {i}: v_per_head index out of range 0..{b.v_dim - 1}")
+    embed = embed_of(keep)
+    if embed is not None and (embed[0] < 0 or embed[-1] >= spec.embed_dim):
+        raise SpecError(f"keep-set embed index out of range 0..{spec.embed_dim - 1}")
+
+
+def unit_keep(spec: ViTSpec, keep: Sequence[BlockKeep]) -> dict[str, dict[Kind, Sequence[int]]]:
+    """``keep`` as kept units per space of ``uvc.structmap`` (what every slice rule reads)."""
+    out: dict[str, dict[Kind, Sequence[int]]] = {}
+    for i, (b, k) in enumerate(zip(spec.blocks, keep, strict=True)):
+        if b.has_attn:
+            out[f"{i}.qk"] = {Kind.HEAD: k.heads, Kind.QK: k.qk}
+            if k.v_per_head is None:
+                out[f"{i}.v"] = {Kind.HEAD: k.heads, Kind.V: k.v}
+            else:
+                per = zip(k.heads, k.v_per_head, strict=True)
+                units = [h * b.v_dim + j for h, dims in per for j in dims]
+                out[f"{i}.v"] = {Kind.HEAD: k.heads, Kind.V_HEAD: units}
+        if b.has_mlp:
+            out[f"{i}.mlp"] = {Kind.MLP: k.mlp}
+    embed = embed_of(keep)
+    if embed is not None:
+        out["embed"] = {Kind.EMBED: embed}
+    return out
 
 
 def spec_after(spec: ViTSpec, keep: Sequence[BlockKeep]) -> ViTSpec:
@@ -131,7 +198,9 @@ def spec_after(spec: ViTSpec, keep: Sequence[BlockKeep]) -> ViTSpec:
         else BlockSpec(0, 0, 0, len(k.mlp))
         for k in keep
     )
-    return spec.replace(blocks=blocks)
+    embed = embed_of(keep)
+    width = spec.embed_dim if embed is None else len(embed)
+    return spec.replace(blocks=blocks, embed_dim=width)
 
 
 def random_keep(
@@ -160,7 +229,7 @@ def random_keep(
                 () if i in drop_mlp else pick(b.mlp_dim),
             )
         )
-    return tuple(out)
+    return KeepSet(out)
 
 
 # --- masked forward -------------------------------------------------------------------------
@@ -190,24 +259,25 @@ class BlockMasks:
 def hard_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
     """0/1 masks that make the full model compute what the materialized model computes."""
     check_keep(spec, keep)
+    if embed_of(keep) is not None:
+        raise SpecError(
+            "embedding-width pruning has no exact masked forward (LayerNorm statistics change "
+            "with the width): materialize the keep-set instead"
+        )
+    smap, units = StructureMap(spec), unit_keep(spec, keep)
     out = []
-    for b, k in zip(spec.blocks, keep, strict=True):
-        m = BlockMasks()
-        if b.has_attn:
-            if k.has_attn:
-                m.qk = torch.zeros(b.heads, b.qk_dim)
-                m.qk[list(k.heads)] = _indicator(b.qk_dim, k.qk)
-                m.v = torch.zeros(b.heads, b.v_dim)
-                per = k.v_per_head or (k.v,) * len(k.heads)
-                for h, dims in zip(k.heads, per, strict=True):
-                    m.v[h] = _indicator(b.v_dim, dims)
-            else:
-                m.attn_gate = torch.zeros(())
-        if b.has_mlp:
-            if k.has_mlp:
-                m.mlp = _indicator(b.mlp_dim, k.mlp)
-            else:
-                m.mlp_gate = torch.zeros(())
+    for i, (b, k) in enumerate(zip(spec.blocks, keep, strict=True)):
+        ind = {}
+        for part in ("qk", "v", "mlp"):
+            for kind, idx in units.get(f"{i}.{part}", {}).items():
+                ind[kind] = _indicator(smap.units(i, kind), idx)
+        qk, v, mlp = smap.block_masks(i, ind)
+        m = BlockMasks(qk=qk if k.has_attn else None, v=v if k.has_attn else None)
+        m.mlp = mlp if k.has_mlp else None
+        if b.has_attn and not k.has_attn:
+            m.attn_gate = torch.zeros(())
+        if b.has_mlp and not k.has_mlp:
+            m.mlp_gate = torch.zeros(())
         out.append(m)
     return out
 

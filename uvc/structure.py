@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from uvc.importance import BlockScores
 from uvc.keep import BlockKeep, KeepSet
 from uvc.spec import ViTSpec
+from uvc.structmap import Kind, StructureMap
 
 
 def ste_ceil(x: Tensor) -> Tensor:
@@ -145,6 +146,7 @@ class Structure(nn.Module):
             align,
             temperature,
         )
+        self.map = StructureMap(spec)
         n = spec.depth
         h_max = max(b.heads for b in spec.blocks)
         self.heads = nn.Parameter(torch.zeros(n))
@@ -181,7 +183,6 @@ class Structure(nn.Module):
             head_m = st_mask(sc.heads.to(dev), h - kh, self.temperature)
             kq = kept_count(self.qk[i], q, self.align)
             qk_m = st_mask(sc.qk_aligned.to(dev), q - kq, self.temperature)
-            qk_mask = head_m[:, None] * qk_m[None, :]
             if self.per_head_v:
                 kv_h = torch.stack([kept_count(self.v[i, j], v, self.align) for j in range(h)])
                 v_rows = [st_mask(sc.v[j].to(dev), v - kv_h[j], self.temperature) for j in range(h)]
@@ -194,13 +195,16 @@ class Structure(nn.Module):
                 kv = kept_count(self.v[i], v, self.align)
                 v_m = st_mask(sc.v_aligned.to(dev), v - kv, self.temperature)
                 lost[2] = _lost(nm.v_aligned.to(dev), v_m)
-            v_mask = head_m[:, None] * (v_m if v_m.dim() == 2 else v_m[None, :])
+            v_kind = Kind.V_HEAD if v_m.dim() == 2 else Kind.V
+            units = {Kind.HEAD: head_m, Kind.QK: qk_m, v_kind: v_m.reshape(-1)}
+            qk_mask, v_mask, _ = self.map.block_masks(i, units)
             lost[0] = _lost(nm.heads.to(dev), head_m)
             lost[1] = _lost(nm.qk_aligned.to(dev), qk_m)
         if m:
             km = kept_count(self.mlp[i], m, self.align)
-            mlp_mask = st_mask(sc.mlp.to(dev), m - km, self.temperature)
-            lost[3] = _lost(nm.mlp.to(dev), mlp_mask)
+            unit_m = st_mask(sc.mlp.to(dev), m - km, self.temperature)
+            lost[3] = _lost(nm.mlp.to(dev), unit_m)
+            mlp_mask = self.map.block_masks(i, {Kind.MLP: unit_m})[2]
         return SoftBlock(kh, kq, kv, km, qk_mask, v_mask, mlp_mask, torch.stack(lost))
 
     @torch.no_grad()
