@@ -9,6 +9,7 @@ Output folder:
     spec.json         the architecture
     model.onnx        FP32 graph (one self-contained file under 1.8 GB, else + model.onnx.data)
     model.fp16.onnx   FP16 graph (LayerNorm/Softmax/reductions in FP32), with --fp16
+    model.opt.onnx    FP32 graph with ONNX Runtime's CPU fusions, with --optimize cpu
     model.engine      TensorRT engine (FP16 with --fp16), with --trt
     export.json       what was exported, library versions, validation figures, build times
 """
@@ -32,6 +33,7 @@ from uvc.export.artifacts import (
     write_json,
 )
 from uvc.export.onnx import MIN_OPSET, Exporter
+from uvc.export.optimize import OptimizeTarget
 from uvc.export.validate import ValidationReport
 
 from uvc.errors import ExportError, ValidationError
@@ -72,6 +74,9 @@ class ExportConfig:
         workspace_mib: TensorRT builder workspace limit.
         tf32: allow TF32 in FP32 engines.
         timing_cache: TensorRT timing cache file reused across builds.
+        optimize: also write ``model.opt.onnx``, optimized for this target (``cpu``: ONNX
+            Runtime's transformer fusions), checked and validated within ``atol``.
+        skip_layer_norm: with ``optimize``, also fuse SkipLayerNormalization.
     """
 
     model: str
@@ -93,10 +98,13 @@ class ExportConfig:
     workspace_mib: int = 4096
     tf32: bool = False
     timing_cache: Path | None = None
+    optimize: OptimizeTarget = OptimizeTarget.NONE
+    skip_layer_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "exporter", Exporter(self.exporter))
+        object.__setattr__(self, "optimize", OptimizeTarget(self.optimize))
         if self.opset < MIN_OPSET:
             raise ExportConfigError(
                 f"--opset {self.opset} is too old: LayerNormalization needs opset {MIN_OPSET}+"
@@ -123,6 +131,10 @@ class ExportConfig:
             raise ExportConfigError(
                 "--trt and --fp16 are built from the ONNX graph: drop --no-onnx"
             )
+        if self.optimize is not OptimizeTarget.NONE and not self.onnx:
+            raise ExportConfigError("--optimize writes an ONNX graph: drop --no-onnx")
+        if self.skip_layer_norm and self.optimize is OptimizeTarget.NONE:
+            raise ExportConfigError("--skip-layer-norm is a fusion of --optimize cpu")
         if not 0 < self.fp16_min_cosine <= 1:
             raise ExportConfigError(
                 f"fp16_min_cosine must be in (0, 1], got {self.fp16_min_cosine}"
@@ -295,6 +307,18 @@ def _export_into(
     summary["artifacts"]["onnx"] = "model.onnx"
     report = validate_onnx(model, onnx_path, inputs, atol=cfg.atol, name="model.onnx")
     summary["validation"]["onnx"] = report.to_dict()
+
+    if cfg.optimize is OptimizeTarget.CPU:
+        from uvc.export.optimize import OPT_ONNX, OptimizeOptions, optimize_for_cpu
+
+        opts = OptimizeOptions(skip_layer_norm=cfg.skip_layer_norm)
+        opt = optimize_for_cpu(
+            model, tmp / OPT_ONNX, options=opts, opset=cfg.opset, exporter=cfg.exporter
+        )
+        summary["optimize"] = opt.to_dict()
+        summary["artifacts"]["onnx_opt"] = OPT_ONNX
+        report = validate_onnx(model, opt.path, inputs, atol=cfg.atol, name=OPT_ONNX)
+        summary["validation"]["onnx_opt"] = report.to_dict()
 
     fp16_path = None
     if cfg.fp16:

@@ -62,6 +62,20 @@ def inspect(target: str, as_json: bool) -> None:
 @click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT timing cache.")
 @click.option("--workspace-mib", default=4096, show_default=True, help="TensorRT workspace.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 in FP32 TensorRT engines (off: real FP32).")
+@click.option(
+    "--optimize",
+    type=click.Choice(["none", "cpu"]),
+    default="none",
+    show_default=True,
+    help="cpu: also write model.opt.onnx with ONNX Runtime's CPU fusions (fused attention), "
+    "checked (every attention fused, scales exact) and validated within --atol.",
+)
+@click.option(
+    "--skip-layer-norm/--no-skip-layer-norm",
+    default=False,
+    show_default=True,
+    help="With --optimize cpu: also fuse residual Add + LayerNorm (SkipLayerNormalization).",
+)
 @handle_errors
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.
