@@ -47,12 +47,24 @@ class BlockCost:
         return sum(getattr(self, f.name) for f in fields(self))
 
 
-def block_macs(block: BlockSpec, tokens: int, dim: int) -> BlockCost:
-    """MACs of one block over ``tokens`` tokens of width ``dim`` (per image)."""
+def _norm_count(block: Any, post_norm: bool) -> Any:
+    """LayerNorms a block applies: one per present branch (pre-norm), two unless skipped (post)."""
+    if post_norm:
+        return 0 if getattr(block, "skip", False) else 2
+    return int(block.heads > 0) + int(block.mlp_dim > 0)
+
+
+def block_macs(block: BlockSpec, tokens: Any, dim: Any, *, post_norm: bool = False) -> BlockCost:
+    """MACs of one block over ``tokens`` tokens of width ``dim`` (per image).
+
+    Works on any object with ``heads``, ``qk_dim``, ``v_dim``, ``mlp_dim`` (and optional
+    ``skip``), widths given as ints, floats or tensors (the norms then count as present for any
+    width > 0). Post-norm blocks keep both norms unless skipped: a removed attention or MLP still
+    costs its ``x <- LN(x)``. Layer scale and activations count 0 (elementwise, as in fvcore).
+    """
     n, h = tokens, block.heads
-    attn = block.has_attn
     return BlockCost(
-        norms=NORM_MACS_PER_ELEMENT * n * dim * (int(attn) + int(block.has_mlp)),
+        norms=NORM_MACS_PER_ELEMENT * n * dim * _norm_count(block, post_norm),
         qkv=n * dim * h * (2 * block.qk_dim + block.v_dim),
         qk=h * n * n * block.qk_dim,
         av=h * n * n * block.v_dim,
@@ -62,18 +74,45 @@ def block_macs(block: BlockSpec, tokens: int, dim: int) -> BlockCost:
     )
 
 
-def block_params(block: BlockSpec, dim: int, qkv_bias: bool = True) -> int:
-    """Parameters of one block."""
-    p = 0
-    if block.has_attn:
+def block_params(
+    block: BlockSpec,
+    dim: Any,
+    qkv_bias: bool = True,
+    *,
+    post_norm: bool = False,
+    layer_scale: bool = False,
+) -> Any:
+    """Parameters of one block (same duck typing as ``block_macs``).
+
+    Norm parameters follow ``block_macs``'s norm count; layer scale adds ``dim`` per present branch.
+    """
+    has_attn, has_mlp = block.heads > 0, block.mlp_dim > 0
+    p: Any = 2 * dim * _norm_count(block, post_norm)
+    if has_attn:
         qkv_out = block.heads * (2 * block.qk_dim + block.v_dim)
-        p += 2 * dim  # norm1
-        p += dim * qkv_out + (qkv_out if qkv_bias else 0)
-        p += block.heads * block.v_dim * dim + dim  # proj
-    if block.has_mlp:
-        p += 2 * dim  # norm2
-        p += dim * block.mlp_dim + block.mlp_dim + block.mlp_dim * dim + dim
+        p = p + dim * qkv_out + (qkv_out if qkv_bias else 0)
+        p = p + block.heads * block.v_dim * dim + dim  # proj
+        p = p + (dim if layer_scale else 0)
+    if has_mlp:
+        p = p + dim * block.mlp_dim + block.mlp_dim + block.mlp_dim * dim + dim
+        p = p + (dim if layer_scale else 0)
     return p
+
+
+def spec_block_macs(spec: ViTSpec, block: BlockSpec) -> BlockCost:
+    """``block_macs`` with the token count, width and norm placement of ``spec``."""
+    return block_macs(block, spec.num_tokens, spec.embed_dim, post_norm=spec.post_norm)
+
+
+def spec_block_params(spec: ViTSpec, block: BlockSpec) -> Any:
+    """``block_params`` with the width, qkv bias, norm placement and layer scale of ``spec``."""
+    return block_params(
+        block,
+        spec.embed_dim,
+        spec.qkv_bias,
+        post_norm=spec.post_norm,
+        layer_scale=spec.layer_scale,
+    )
 
 
 @dataclass(frozen=True)
@@ -109,19 +148,20 @@ def model_cost(spec: ViTSpec) -> ModelCost:
     """Exact MACs and parameter counts of ``spec``, total and per block."""
     d, n, p = spec.embed_dim, spec.num_tokens, spec.patch_size
     embed_macs = spec.num_patches * d * spec.in_chans * p * p
-    embed_params = d * spec.in_chans * p * p + d + spec.num_prefix_tokens * d + n * d
-    n_heads = 2 if spec.dist_token else 1
-    classes = spec.num_classes
-    # Final norm: over every token (timm's ``norm``) or over the pooled vector (``fc_norm``).
-    norm_elems = d if spec.fc_norm else n * d
-    head_macs = NORM_MACS_PER_ELEMENT * norm_elems + (n_heads * d * classes if classes else 0)
-    head_params = 2 * d + (n_heads * (d * classes + classes) if classes else 0)
+    embed_params = d * spec.in_chans * p * p + d + spec.num_prefix_tokens * d
+    embed_params += spec.pos_embed_len * d
+    n_heads, classes = spec.num_heads_out, spec.num_classes
+    # Final norms: over every token (``norm``) and/or over the pooled vector (``fc_norm``).
+    norm_elems = (n * d if spec.final_norm else 0) + (d if spec.fc_norm else 0)
+    head_macs = NORM_MACS_PER_ELEMENT * norm_elems + n_heads * d * classes
+    n_norms = int(spec.final_norm) + int(spec.fc_norm)
+    head_params = 2 * d * n_norms + n_heads * (d * classes + classes)
     return ModelCost(
         embed_macs=embed_macs,
-        blocks=tuple(block_macs(b, n, d) for b in spec.blocks),
+        blocks=tuple(spec_block_macs(spec, b) for b in spec.blocks),
         head_macs=head_macs,
         embed_params=embed_params,
-        block_params=tuple(block_params(b, d, spec.qkv_bias) for b in spec.blocks),
+        block_params=tuple(spec_block_params(spec, b) for b in spec.blocks),
         head_params=head_params,
     )
 

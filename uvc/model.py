@@ -3,6 +3,9 @@
 The same class serves the uncompressed model, the teacher, the masked model under training and the
 dense compressed model. Training applies soft masks and gates through ``uvc.keep.masked`` (module
 attributes read by ``forward``), so ``forward`` itself always returns tensors only.
+
+Post-norm blocks (``spec.norm_placement == "post"``) keep ``norm1``/``norm2`` when their attention
+or MLP is removed (``x <- LN(x)``), so a branch gate of 0 and a removed branch compute the same.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uvc.spec import BlockSpec, Pool, ViTSpec
+from uvc.spec import Act, BlockSpec, Pool, ViTSpec
 
 
 class Attention(nn.Module):
@@ -56,18 +59,50 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, h * dv))
 
 
-class Mlp(nn.Module):
-    """Two-layer GELU MLP (timm's ``Mlp`` names: ``fc1``, ``fc2``)."""
+class QuickGELU(nn.Module):
+    """CLIP's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)``."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the activation."""
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(act: Act) -> nn.Module:
+    """The activation module of ``act``."""
+    act = Act(act)
+    if act is Act.GELU:
+        return nn.GELU()
+    if act is Act.GELU_TANH:
+        return nn.GELU(approximate="tanh")
+    if act is Act.QUICK_GELU:
+        return QuickGELU()
+    return nn.ReLU()
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (timm's ``ls1.gamma`` / ``ls2.gamma``)."""
+
+    def __init__(self, dim: int, init: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scale the last axis."""
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP (timm's ``Mlp`` names: ``fc1``, ``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int, act: Act = Act.GELU) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim)
         self.mask: Tensor | None = None  # (hidden,), set by ``uvc.keep.masked``
 
     def forward(self, x: Tensor) -> Tensor:
-        """Apply fc1 -> GELU -> (mask) -> fc2."""
+        """Apply fc1 -> activation -> (mask) -> fc2."""
         x = self.act(self.fc1(x))
         if self.mask is not None:
             x = x * self.mask
@@ -75,30 +110,65 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; attention or MLP is absent when its width is 0."""
+    """Pre- or post-norm transformer block; attention or MLP is absent when its width is 0.
 
-    def __init__(self, dim: int, spec: BlockSpec, qkv_bias: bool, eps: float) -> None:
+    Pre-norm: ``x + ls(f(LN(x)))``; a removed branch takes its norm with it. Post-norm:
+    ``LN(x + ls(f(x)))``; a removed branch leaves ``x <- LN(x)`` unless the block is skipped.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        spec: BlockSpec,
+        qkv_bias: bool,
+        eps: float,
+        *,
+        post_norm: bool = False,
+        act: Act = Act.GELU,
+        layer_scale: bool = False,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps) if spec.has_attn else None
+        self.post_norm = post_norm
+        keep_norms = post_norm and not spec.skip
+        self.norm1 = nn.LayerNorm(dim, eps=eps) if spec.has_attn or keep_norms else None
         self.attn = (
             Attention(dim, spec.heads, spec.qk_dim, spec.v_dim, qkv_bias) if spec.has_attn else None
         )
-        self.norm2 = nn.LayerNorm(dim, eps=eps) if spec.has_mlp else None
-        self.mlp = Mlp(dim, spec.mlp_dim) if spec.has_mlp else None
+        self.ls1 = LayerScale(dim) if layer_scale and spec.has_attn else None
+        self.norm2 = nn.LayerNorm(dim, eps=eps) if spec.has_mlp or keep_norms else None
+        self.mlp = Mlp(dim, spec.mlp_dim, act) if spec.has_mlp else None
+        self.ls2 = LayerScale(dim) if layer_scale and spec.has_mlp else None
         # Soft keep-gates set by ``uvc.keep.masked`` (scalars in [0, 1]); None means 1.
         self.attn_gate: Tensor | None = None
         self.mlp_gate: Tensor | None = None
         self.gate: Tensor | None = None  # UVC's whole-block gate: x + g * (Block(x) - x)
 
+    @staticmethod
+    def _branch(
+        x: Tensor, f: nn.Module | None, ls: nn.Module | None, gate: Tensor | None
+    ) -> Tensor | None:
+        if f is None:
+            return None
+        y = f(x)
+        if ls is not None:
+            y = ls(y)
+        return y if gate is None else gate * y
+
     def forward(self, x: Tensor) -> Tensor:
         """Residual attention then residual MLP."""
         inp = x
-        if self.attn is not None:
-            y = self.attn(self.norm1(x))
-            x = x + (y if self.attn_gate is None else self.attn_gate * y)
-        if self.mlp is not None:
-            y = self.mlp(self.norm2(x))
-            x = x + (y if self.mlp_gate is None else self.mlp_gate * y)
+        if self.post_norm:
+            if self.norm1 is not None:
+                y = self._branch(x, self.attn, self.ls1, self.attn_gate)
+                x = self.norm1(x if y is None else x + y)
+            if self.norm2 is not None:
+                y = self._branch(x, self.mlp, self.ls2, self.mlp_gate)
+                x = self.norm2(x if y is None else x + y)
+        else:
+            if self.attn is not None:
+                x = x + self._branch(self.norm1(x), self.attn, self.ls1, self.attn_gate)
+            if self.mlp is not None:
+                x = x + self._branch(self.norm2(x), self.mlp, self.ls2, self.mlp_gate)
         if self.gate is not None:
             x = inp + self.gate * (x - inp)
         return x
@@ -130,20 +200,34 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(spec.patch_size, spec.in_chans, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if spec.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if spec.dist_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, spec.num_tokens, d))
-        self.blocks = nn.ModuleList(Block(d, b, spec.qkv_bias, spec.norm_eps) for b in spec.blocks)
-        self.norm = nn.Identity() if spec.fc_norm else nn.LayerNorm(d, eps=spec.norm_eps)
+        self.reg_token = (
+            nn.Parameter(torch.zeros(1, spec.reg_tokens, d)) if spec.reg_tokens else None
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, spec.pos_embed_len, d))
+        self.blocks = nn.ModuleList(
+            Block(
+                d,
+                b,
+                spec.qkv_bias,
+                spec.norm_eps,
+                post_norm=spec.post_norm,
+                act=spec.act,
+                layer_scale=spec.layer_scale,
+            )
+            for b in spec.blocks
+        )
+        self.norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.fc_norm else nn.Identity()
         n_out = spec.num_classes
         self.head = nn.Linear(d, n_out) if n_out else nn.Identity()
-        self.head_dist = nn.Linear(d, n_out) if (spec.dist_token and n_out) else None
+        self.head_dist = nn.Linear(d, n_out) if spec.num_heads_out == 2 else None
         # For DeiT distillation: when True (and training), return (class_logits, dist_logits).
         self.distilled_training = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """timm-like init: truncated normal(0.02) for linears and tokens, zeros for biases."""
-        for t in (self.pos_embed, self.cls_token, self.dist_token):
+        for t in (self.pos_embed, self.cls_token, self.dist_token, self.reg_token):
             if t is not None:
                 nn.init.trunc_normal_(t, std=0.02)
         for m in self.modules():
@@ -165,12 +249,14 @@ class ViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Tokens after the last block and final norm: (B, N_tokens, dim)."""
         x = self.patch_embed(x)
-        prefix = [
-            t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None
-        ]
+        if self.spec.no_embed_class:
+            x = x + self.pos_embed  # DeiT-III / DINOv2: positions for the patches only
+        tokens = (self.cls_token, self.dist_token, self.reg_token)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
         if prefix:
             x = torch.cat([*prefix, x], dim=1)
-        x = x + self.pos_embed
+        if not self.spec.no_embed_class:
+            x = x + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

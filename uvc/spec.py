@@ -3,6 +3,15 @@
 A stock DeiT-Tiny is a uniform spec (12 x {heads 3, qk 64, v 64, mlp 768}, embed 192); a compressed
 model is the same thing with per-block widths. ``heads == 0`` means the block has no attention,
 ``mlp_dim == 0`` that it has no MLP.
+
+Format 2 adds what third-party ViTs differ in: norm placement (pre/post), activation, layer scale,
+register tokens, ``no_embed_class``, the final norm, a distillation token without its own head, and
+the model's input preprocessing. Format-1 files still load (every new field has the old default).
+
+Post-norm blocks compute ``x <- LN1(x + attn(x))``, ``x <- LN2(x + mlp(x))``. A removed attention
+(``heads == 0``) or MLP (``mlp_dim == 0``) leaves its LayerNorm in place (``x <- LN(x)``); only a
+skipped block (``skip=True``) is the identity. In pre-norm blocks a removed part takes its norm with
+it, so ``skip`` changes nothing there.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from uvc.errors import SpecError
+from uvc.preprocess import Preprocess
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class Pool(str, Enum):
@@ -24,6 +35,22 @@ class Pool(str, Enum):
 
     TOKEN = "token"  # the class token (and the distillation token for distilled models)
     AVG = "avg"  # mean over the patch tokens
+
+
+class NormPlacement(str, Enum):
+    """Where each block's LayerNorms sit."""
+
+    PRE = "pre"  # x + f(LN(x)): timm, torchvision, Hugging Face
+    POST = "post"  # LN(x + f(x)): nn.TransformerEncoderLayer's default, the original Transformer
+
+
+class Act(str, Enum):
+    """The MLP's activation."""
+
+    GELU = "gelu"  # exact (erf) GELU
+    GELU_TANH = "gelu_tanh"  # tanh approximation
+    QUICK_GELU = "quick_gelu"  # x * sigmoid(1.702 x) (CLIP)
+    RELU = "relu"
 
 
 @dataclass(frozen=True)
@@ -35,14 +62,21 @@ class BlockSpec:
         qk_dim: query/key width per head; shared by every head of the block.
         v_dim: value width per head; shared by every head of the block.
         mlp_dim: hidden units of the MLP (0: the block has no MLP).
+        skip: the whole block is the identity (block skipping). Needs all widths 0. Only matters
+            for post-norm models, where a block without attention and MLP still applies its norms.
     """
 
     heads: int
     qk_dim: int
     v_dim: int
     mlp_dim: int
+    skip: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.skip, bool):
+            raise SpecError(f"block skip must be true or false, got {self.skip!r}")
+        if self.skip and (self.heads or self.mlp_dim):
+            raise SpecError("a skipped block (skip=true) must have heads=0 and mlp_dim=0")
         for name in ("heads", "qk_dim", "v_dim", "mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -80,9 +114,20 @@ class ViTSpec:
         class_token: whether a class token is prepended.
         dist_token: whether a DeiT distillation token (and ``head_dist``) is present.
         pool: how features are pooled before the head.
-        fc_norm: LayerNorm after pooling instead of before (timm's ``fc_norm``, avg pooling).
+        fc_norm: a LayerNorm on the pooled vector (timm's ``fc_norm``; a ``LN + Linear`` head).
         qkv_bias: whether the qkv projection has a bias.
         norm_eps: epsilon of every LayerNorm.
+        norm_placement: pre-norm or post-norm blocks.
+        act: the MLP activation.
+        layer_scale: per-channel scales on both residual branches (``ls1.gamma``, ``ls2.gamma``).
+        reg_tokens: register tokens after the class/distillation tokens (DINOv2 with registers).
+        no_embed_class: the position embedding covers the patches only (added before the
+            class/register tokens are prepended), as in DeiT-III and DINOv2.
+        final_norm: a LayerNorm over all tokens after the blocks (``norm``); None: present unless
+            ``fc_norm`` (format 1's rule).
+        dist_head: with ``dist_token``: whether it has its own head (averaged with the class head
+            at eval). False: the token takes part in attention, the logits are the class head's.
+        preprocess: the model's own input preprocessing (None: not recorded).
     """
 
     img_size: int
@@ -97,14 +142,36 @@ class ViTSpec:
     fc_norm: bool = False
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    norm_placement: NormPlacement = NormPlacement.PRE
+    act: Act = Act.GELU
+    layer_scale: bool = False
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    final_norm: bool | None = None
+    dist_head: bool = True
+    preprocess: Preprocess | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
-        try:
-            object.__setattr__(self, "pool", Pool(self.pool))
-        except ValueError:
-            choices = ", ".join(p.value for p in Pool)
-            raise SpecError(f"pool must be one of {choices}, got {self.pool!r}") from None
+        for name, kind in (("pool", Pool), ("norm_placement", NormPlacement), ("act", Act)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                choices = ", ".join(p.value for p in kind)
+                raise SpecError(
+                    f"{name} must be one of {choices}, got {getattr(self, name)!r}"
+                ) from None
+        if self.final_norm is None:
+            object.__setattr__(self, "final_norm", not self.fc_norm)
+        if isinstance(self.preprocess, dict):
+            object.__setattr__(self, "preprocess", Preprocess.from_dict(self.preprocess))
+        if self.preprocess is not None and not isinstance(self.preprocess, Preprocess):
+            raise SpecError(f"preprocess must be a Preprocess, got {self.preprocess!r}")
+        for name in ("layer_scale", "no_embed_class", "final_norm", "dist_head", "fc_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+            raise SpecError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
         for name in ("img_size", "patch_size", "embed_dim", "in_chans"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -128,6 +195,11 @@ class ViTSpec:
             raise SpecError("pool='token' needs a class token; use pool='avg' without one")
         if not self.norm_eps > 0:
             raise SpecError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if self.preprocess is not None and len(self.preprocess.mean) != self.in_chans:
+            raise SpecError(
+                f"preprocess has {len(self.preprocess.mean)} channel statistics for "
+                f"{self.in_chans} input channels"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -136,8 +208,25 @@ class ViTSpec:
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Class and distillation tokens prepended to the patches."""
-        return int(self.class_token) + int(self.dist_token)
+        """Class, distillation and register tokens prepended to the patches."""
+        return int(self.class_token) + int(self.dist_token) + self.reg_tokens
+
+    @property
+    def pos_embed_len(self) -> int:
+        """Positions in ``pos_embed``: the patches only with ``no_embed_class``, else all tokens."""
+        return self.num_patches if self.no_embed_class else self.num_tokens
+
+    @property
+    def post_norm(self) -> bool:
+        """Whether blocks are post-norm (``LN(x + f(x))``)."""
+        return self.norm_placement is NormPlacement.POST
+
+    @property
+    def num_heads_out(self) -> int:
+        """Classifier heads: 2 for a distilled model with ``head_dist``, else 1 (0: no classes)."""
+        if not self.num_classes:
+            return 0
+        return 2 if (self.dist_token and self.dist_head) else 1
 
     @property
     def num_tokens(self) -> int:
@@ -189,6 +278,8 @@ class ViTSpec:
             value = getattr(self, f.name)
             if f.name == "blocks":
                 value = [dataclasses.asdict(b) for b in value]
+            elif f.name == "preprocess":
+                value = None if value is None else value.to_dict()
             elif isinstance(value, Enum):
                 value = value.value
             out[f.name] = value
@@ -201,10 +292,16 @@ class ViTSpec:
             raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SpecError(
-                f"unknown spec format_version {version!r} (this uvc reads {FORMAT_VERSION})"
+                f"unknown spec format_version {version!r} (this uvc reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
+        if version == 1:
+            v1_fields = {f.name for f in dataclasses.fields(cls)} - set(V2_FIELDS)
+            newer = sorted(set(data) - v1_fields)
+            if newer:
+                raise SpecError(f"format_version 1 spec with format-2 field(s): {', '.join(newer)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -215,8 +312,10 @@ class ViTSpec:
         block_keys = {"heads", "qk_dim", "v_dim", "mlp_dim"}
         parsed = []
         for i, b in enumerate(blocks):
-            if not isinstance(b, dict) or set(b) != block_keys:
-                raise SpecError(f"blocks[{i}] must have exactly the keys {sorted(block_keys)}")
+            if not isinstance(b, dict) or not block_keys <= set(b) <= block_keys | {"skip"}:
+                raise SpecError(
+                    f"blocks[{i}] must have exactly the keys {sorted(block_keys)} (and 'skip')"
+                )
             parsed.append(BlockSpec(**b))
         data["blocks"] = tuple(parsed)
         try:
@@ -254,3 +353,16 @@ class ViTSpec:
         except UnicodeDecodeError:
             raise SpecError(f"{path} is not a text (JSON) file") from None
         return cls.from_json(text)
+
+
+# Fields format 2 added (a format-1 file must not carry them).
+V2_FIELDS = (
+    "norm_placement",
+    "act",
+    "layer_scale",
+    "reg_tokens",
+    "no_embed_class",
+    "final_norm",
+    "dist_head",
+    "preprocess",
+)

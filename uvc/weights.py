@@ -1,8 +1,10 @@
 """Specs and weights from timm models and local files (no hub downloads, ever).
 
 Reads timm ``VisionTransformer`` objects and names, official DeiT checkpoints (``{"model": ...}``),
-plain state dicts, ``.safetensors`` files and uvc checkpoints. timm variants that ``uvc.model.ViT``
-cannot reproduce exactly (layer scale, register tokens, pre-norm, ...) are refused, by name.
+plain state dicts, ``.safetensors`` files and uvc checkpoints. Layer scale (DeiT-III), register
+tokens and ``no_embed_class`` (DINOv2), avg pooling, ``fc_norm`` and the GELU/ReLU/QuickGELU
+activations are described by the spec; timm variants that ``uvc.model.ViT`` cannot reproduce exactly
+(QK-norm, a norm before the blocks, attention pooling, ...) are refused, by name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from uvc.errors import SpecError, WeightsError
-from uvc.spec import BlockSpec, Pool, ViTSpec
+from uvc.preprocess import Preprocess
+from uvc.spec import Act, BlockSpec, Pool, ViTSpec
 
 
 def _refuse(name: str, what: str) -> SpecError:
@@ -69,6 +72,7 @@ def spec_from_timm(model: nn.Module | str, num_classes: int | None = None) -> Vi
     eps = model.blocks[0].norm1.eps
     dist = getattr(model, "dist_token", None) is not None
     head = model.head
+    ls = not isinstance(getattr(model.blocks[0], "ls1", nn.Identity()), nn.Identity)
     return ViTSpec(
         img_size=img[0],
         patch_size=patch[0],
@@ -80,17 +84,52 @@ def spec_from_timm(model: nn.Module | str, num_classes: int | None = None) -> Vi
         dist_token=dist,
         pool=Pool(model.global_pool) if model.global_pool else Pool.TOKEN,
         fc_norm=isinstance(model.fc_norm, nn.LayerNorm),
+        final_norm=isinstance(model.norm, nn.LayerNorm),
         qkv_bias=model.blocks[0].attn.qkv.bias is not None,
         norm_eps=eps,
+        act=_timm_act(model.blocks[0].mlp.act, name),
+        layer_scale=ls,
+        reg_tokens=int(getattr(model, "num_reg_tokens", 0)),
+        no_embed_class=bool(getattr(model, "no_embed_class", False)),
+        preprocess=timm_preprocess(model, img[0]),
     )
+
+
+def timm_preprocess(model: nn.Module, img_size: int) -> Preprocess | None:
+    """The eval preprocessing of a timm model's ``pretrained_cfg`` (None when it has none)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        return None
+    crop_pct = float(cfg.get("crop_pct", 1.0) or 1.0)
+    interp = cfg.get("interpolation", "bicubic")
+    return Preprocess(
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize=int(img_size / crop_pct),  # timm: floor(size / crop_pct)
+        crop=img_size,
+        interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
+    )
+
+
+def _timm_act(act: nn.Module, name: str) -> Act:
+    """The spec activation of a timm MLP activation module (refused by name otherwise)."""
+    from timm.layers import activations as timm_act
+
+    if isinstance(act, nn.GELU):
+        return Act.GELU if act.approximate == "none" else Act.GELU_TANH
+    if isinstance(act, timm_act.GELU):
+        return Act.GELU
+    if isinstance(act, timm_act.GELUTanh):
+        return Act.GELU_TANH
+    if isinstance(act, timm_act.QuickGELU):
+        return Act.QUICK_GELU
+    if isinstance(act, nn.ReLU):
+        return Act.RELU
+    raise _refuse(name, f"MLP activation {act!r} (only GELU, tanh-GELU, QuickGELU, ReLU)")
 
 
 def _check_supported(model: nn.Module, name: str) -> None:
     """Raise ``SpecError`` for every timm ViT feature ``uvc.model.ViT`` does not reproduce."""
-    if getattr(model, "num_reg_tokens", 0) or getattr(model, "reg_token", None) is not None:
-        raise _refuse(name, "register tokens")
-    if getattr(model, "no_embed_class", False):
-        raise _refuse(name, "position embeddings without the class token (no_embed_class)")
     if getattr(model, "pos_embed", None) is None:
         raise _refuse(name, "a model without learned position embeddings")
     if not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity):
@@ -101,6 +140,10 @@ def _check_supported(model: nn.Module, name: str) -> None:
         raise _refuse(name, f"global_pool={model.global_pool!r}")
     if model.global_pool == "" and model.cls_token is None:
         raise _refuse(name, "no pooling without a class token")
+    if getattr(model, "pool_include_prefix", False):
+        raise _refuse(name, "pooling that includes the prefix tokens (pool_include_prefix)")
+    if getattr(model, "dist_token", None) is not None and getattr(model, "num_reg_tokens", 0):
+        raise _refuse(name, "a distillation token together with register tokens")
     pe = model.patch_embed
     if not isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity):
         raise _refuse(name, "a norm inside the patch embedding")
@@ -112,14 +155,23 @@ def _check_supported(model: nn.Module, name: str) -> None:
         raise _refuse(name, f"final norm {type(model.norm).__name__}")
     if not isinstance(model.head, (nn.Linear, nn.Identity)):
         raise _refuse(name, f"head {type(model.head).__name__}")
-    eps = None
+    eps = model.norm.eps if isinstance(model.norm, nn.LayerNorm) else None
+    if isinstance(getattr(model, "fc_norm", None), nn.LayerNorm):
+        if eps is not None and model.fc_norm.eps != eps:
+            raise _refuse(name, "LayerNorms with different eps")
+        eps = model.fc_norm.eps
+    has_ls = None
     for i, blk in enumerate(model.blocks):
         where = f"block {i}"
         if type(blk).__name__ != "Block":
-            raise _refuse(name, f"{where}: block type {type(blk).__name__}")
-        for ls in ("ls1", "ls2"):
-            if not isinstance(getattr(blk, ls, nn.Identity()), nn.Identity):
-                raise _refuse(name, f"{where}: layer scale (as in DeiT-III / CaiT)")
+            raise _refuse(name, f"{where}: block type {type(blk).__name__} (only pre-norm Block)")
+        ls = [getattr(blk, k, nn.Identity()) for k in ("ls1", "ls2")]
+        if any(type(m).__name__ not in ("Identity", "LayerScale") for m in ls):
+            raise _refuse(name, f"{where}: layer scale of type {type(ls[0]).__name__}")
+        block_ls = [type(m).__name__ == "LayerScale" for m in ls]
+        if block_ls[0] != block_ls[1] or (has_ls is not None and block_ls[0] != has_ls):
+            raise _refuse(name, "layer scale on some residual branches only")
+        has_ls = block_ls[0]
         attn, mlp = blk.attn, blk.mlp
         for sub in ("q_norm", "k_norm", "norm"):
             if not isinstance(getattr(attn, sub, nn.Identity()), nn.Identity):
@@ -127,10 +179,10 @@ def _check_supported(model: nn.Module, name: str) -> None:
         if type(mlp).__name__ != "Mlp" or not isinstance(
             getattr(mlp, "norm", nn.Identity()), nn.Identity
         ):
-            raise _refuse(name, f"{where}: MLP type {type(mlp).__name__} (only a plain GELU Mlp)")
-        act = mlp.act
-        if not isinstance(act, nn.GELU) or act.approximate != "none":
-            raise _refuse(name, f"{where}: MLP activation {act!r} (only exact GELU)")
+            raise _refuse(name, f"{where}: MLP type {type(mlp).__name__} (only a plain Mlp)")
+        if type(mlp.act) is not type(model.blocks[0].mlp.act):
+            raise _refuse(name, f"{where}: a different MLP activation per block")
+        _timm_act(mlp.act, name)
         if mlp.fc1.bias is None or mlp.fc2.bias is None or attn.proj.bias is None:
             raise _refuse(name, f"{where}: a linear layer without bias")
         for norm in (blk.norm1, blk.norm2):

@@ -94,10 +94,9 @@ def test_spec_from_timm_avg_pool_and_fc_norm():
 @pytest.mark.parametrize(
     ("name", "kwargs", "feature"),
     [
-        ("deit3_small_patch16_224", {}, "no_embed_class"),
-        ("vit_small_patch16_224", {"init_values": 1e-5}, "layer scale"),
-        ("vit_small_patch16_224", {"reg_tokens": 4}, "register tokens"),
         ("vit_small_patch16_224", {"pre_norm": True}, "pre_norm"),
+        ("vit_small_patch16_224", {"pool_include_prefix": True, "global_pool": "avg"}, "prefix"),
+        ("vit_small_patch16_224", {"act_layer": "silu"}, "activation"),
         ("vit_small_patch16_224", {"qk_norm": True}, "QK-norm"),
         ("vit_small_patch16_224", {"global_pool": "map"}, "attention pooling"),
     ],
