@@ -12,7 +12,6 @@ sign, every dual is an inequality multiplier and is clamped at 0 after each asce
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,29 +24,6 @@ from uvc.resource import ResourceModel
 from uvc.spec import BlockSpec
 from uvc.structmap import PROXY, Kind
 from uvc.structure import HardBlock, next_higher_width, next_lower_width, ranks
-
-# --- schedules: pure functions of the step --------------------------------------------------
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int = 0, final: float = 0.0) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to ``final``."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
-
-
-def geometric(step: int, total: int, start: float, end: float) -> float:
-    """Geometric interpolation from ``start`` (step 0) to ``end`` (last step)."""
-    t = min(1.0, step / max(1, total - 1))
-    return start * (end / start) ** t
-
-
-def linear(step: int, total: int, start: float, end: float) -> float:
-    """Linear interpolation from ``start`` (step 0) to ``end`` (last step)."""
-    t = min(1.0, step / max(1, total - 1))
-    return start + (end - start) * t
-
 
 # --- duals ----------------------------------------------------------------------------------
 

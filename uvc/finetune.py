@@ -8,11 +8,9 @@ point resumes at the start of the epoch it was in and reproduces the uninterrupt
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +18,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from uvc.amp import AmpMode, autocast, check_amp, grad_scaler
 from uvc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uvc.data import seed_epoch
 from uvc.dist import DistInfo, all_reduce_mean, barrier
 from uvc.distill import DistillLoss
 from uvc.errors import CheckpointError, UvcError
 from uvc.model import ViT
+from uvc.optim import param_groups
+from uvc.schedules import cosine_lr
 from uvc.teacher import teacher_logits
 
 log = logging.getLogger(__name__)
-
-
-class AmpMode(str, Enum):
-    """Mixed precision for training (GPU only)."""
-
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 @dataclass(frozen=True)
@@ -92,27 +86,7 @@ class FinetuneResult:
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
     """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def autocast(device: torch.device, amp: AmpMode | None) -> Any:
-    """The autocast context for ``amp`` (a no-op context for fp32)."""
-    if amp is None:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if amp is AmpMode.BF16 else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def check_amp(device: torch.device, amp: AmpMode | None) -> None:
-    """Refuse mixed precision where it cannot work (CPU)."""
-    if amp is not None and device.type != "cuda":
-        raise UvcError(
-            f"--amp {amp.value} needs a CUDA GPU (this run is on {device.type}); drop --amp "
-            "to train in fp32"
-        )
+    return cosine_lr(step, total, lr, warmup, min_lr)
 
 
 @torch.no_grad()
@@ -133,20 +107,6 @@ def evaluate(
     all_reduce_mean(counts)  # a mean of sums: the ratio is the global accuracy
     model.train(was_training)
     return float(100.0 * counts[0] / counts[1].clamp(min=1))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases, norms, tokens and position embeddings (1-D or tokens)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed"))
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def finetune(
@@ -186,7 +146,7 @@ def finetune(
     if teacher is not None:
         teacher.to(device).eval()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp is AmpMode.FP16)
+    scaler = grad_scaler(cfg.amp)
     start, history = 0, []
     path = None if out_dir is None else Path(out_dir) / cfg.ckpt_name
     if resume and path is not None and path.is_file():

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from uvc.amp import autocast, check_amp, grad_scaler
 from uvc.cost import LatencyTable
 from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
@@ -25,17 +26,16 @@ from uvc.dual import (
     Duals,
     ascend_groups,
     ascend_z,
-    cosine_lr,
-    geometric,
     hard_block_cost,
-    linear,
     proximal_shrink_,
 )
 from uvc.gates import ATTN, BLOCK, MLP, GateMode, Gates
 from uvc.importance import Criterion, GroupImportance, magnitude
 from uvc.keep import BlockMasks, KeepSet, masked
 from uvc.model import ViT
+from uvc.optim import param_groups
 from uvc.resource import Metric, ResourceModel
+from uvc.schedules import cosine_lr, geometric, linear
 from uvc.structure import HardBlock, Structure, keep_from_hard
 from uvc.teacher import teacher_logits
 
@@ -157,21 +157,10 @@ class PrimalDual:
         self.gates = Gates(spec.depth, cfg.gates).to(device)
         self.duals = Duals.zeros(spec.depth)
         self.importance = GroupImportance(cfg.importance)
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (
-                decay
-                if p.ndim >= 2 and "token" not in name and "pos_embed" not in name
-                else no_decay
-            ).append(p)
-        self.opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        check_amp(device, cfg.amp)
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        scaler = grad_scaler(cfg.amp)
+        self.scaler = scaler if scaler.is_enabled() else None
 
     # --- schedules (pure functions of the step) ---
     def lr_at(self, step: int, total: int) -> float:
@@ -241,7 +230,7 @@ class PrimalDual:
             )
             for i, sb in enumerate(soft)
         ]
-        amp = _autocast(cfg.amp, self.device)
+        amp = autocast(self.device, cfg.amp)
         with amp:
             # ``uvc.teacher`` knows how a ``Teachers`` pair feeds a distillation-token student.
             distilled = model.spec.dist_token and model.distilled_training
@@ -351,13 +340,6 @@ class PrimalDual:
         self.importance.load_state_dict(st["importance"])
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
-
-
-def _autocast(amp: str | None, device: torch.device) -> Any:
-    if amp is None:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:

@@ -35,6 +35,7 @@ from uvc.dual import (
     project_to_budget,
 )
 from uvc.errors import DataError, UvcError
+from uvc.finetune import evaluate
 from uvc.keep import KeepSet, hard_masks, masked, spec_after
 from uvc.model import ViT
 from uvc.primal_dual import PrimalDual, SearchConfig
@@ -104,22 +105,13 @@ def _sync_model(model: nn.Module, dist: DistInfo) -> None:
 def evaluate_masked(
     model: ViT, keep: KeepSet, loader: Iterable[Any], device: torch.device, dist: DistInfo
 ) -> float:
-    """Top-1 accuracy of ``model`` masked by ``keep`` (what the materialized model computes)."""
-    was = model.training
-    model.eval()
-    correct = torch.zeros(2, dtype=torch.float64, device=device)
-    with masked(model, hard_masks(model.spec, keep)):
-        for x, t in loader:
-            x, t = x.to(device), t.to(device)
-            pred = model(x).argmax(-1)
-            t = t.argmax(-1) if t.dim() > 1 else t
-            correct += torch.tensor([float((pred == t).sum()), float(len(t))], device=device)
-    if dist.enabled:
-        import torch.distributed as tdist
+    """Top-1 accuracy (%) of ``model`` masked by ``keep`` (what the materialized model computes).
 
-        tdist.all_reduce(correct)
-    model.train(was)
-    return float(correct[0] / correct[1].clamp_min(1))
+    The same ``uvc.finetune.evaluate`` as every other accuracy (one unit, percent, everywhere);
+    ``dist`` is accepted for symmetry, ``evaluate`` sums over ranks itself.
+    """
+    with masked(model, hard_masks(model.spec, keep)):
+        return evaluate(model, loader, device)
 
 
 def run_search(
@@ -213,7 +205,9 @@ def run_search(
                 emit({**rec, "epoch": epoch})
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", R=f"{rec['R']:.3f}", z=f"{rec['z']:.3f}")
         keep = s.keep()
-        acc = evaluate_masked(model, keep, val_loader, device, dist) if val_loader else None
+        acc = None
+        if val_loader is not None:
+            acc = evaluate_masked(model, keep, val_loader, device, dist)
         rec = {
             "kind": "search_epoch",
             "epoch": epoch,

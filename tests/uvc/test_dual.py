@@ -11,9 +11,6 @@ from uvc.dual import (
     Duals,
     ascend_groups,
     ascend_z,
-    cosine_lr,
-    geometric,
-    linear,
     project_to_budget,
     proximal_shrink_,
     shrink_factor,
@@ -22,6 +19,7 @@ from uvc.importance import magnitude
 from uvc.keep import random_keep, spec_after
 from uvc.model import ViT
 from uvc.resource import ResourceModel
+from uvc.schedules import cosine_lr, geometric, linear
 from uvc.spec import ViTSpec
 from uvc.structure import Structure, keep_from_hard
 
