@@ -28,6 +28,7 @@ from uvc.bench.runners import (
     RunnerConfig,
     TorchRunner,
     TrtEngineRunner,
+    ort_install_problem,
 )
 from uvc.bench.stats import paired_speedup
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
@@ -159,6 +160,17 @@ def ensure_onnx(bm: BenchModel, workdir: Path) -> Path:
     return bm.onnx
 
 
+def ensure_fp16_onnx(bm: BenchModel, workdir: Path) -> Path:
+    """The model's FP16 ONNX graph, converted from its FP32 one when it has none."""
+    if bm.onnx_fp16 is not None:
+        return bm.onnx_fp16
+    from uvc.export.fp16 import convert_to_fp16
+
+    src = ensure_onnx(bm, workdir)
+    bm.onnx_fp16 = Path(convert_to_fp16(src, workdir / f"{_safe(bm.label)}.fp16.onnx"))
+    return bm.onnx_fp16
+
+
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
@@ -169,11 +181,12 @@ def open_runner(bm: BenchModel, config: BenchConfig, backend: Backend, workdir: 
     if backend in (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH):
         return TorchRunner(bm.model, bm.input_shape, rc)
     if backend in (Backend.ORT, Backend.ORT_TRT):
-        if rc.precision is Precision.FP16 and rc.on_cuda:
-            if bm.onnx_fp16 is None:
-                raise BackendUnavailable("no model.fp16.onnx (benchmark an export folder)")
-            return OrtRunner(bm.onnx_fp16, bm.input_shape, rc)
-        return OrtRunner(ensure_onnx(bm, workdir), bm.input_shape, rc)
+        # ORT's CUDA/CPU providers run fp16 from the FP16 graph (FP32 I/O); the TensorRT provider
+        # builds its fp16 engine from the FP32 graph with trt_fp16_enable, like TensorRT 10.
+        fp16_graph = rc.precision is Precision.FP16 and backend is Backend.ORT
+        path = ensure_fp16_onnx(bm, workdir) if fp16_graph else ensure_onnx(bm, workdir)
+        cache = workdir / "ort-trt-cache" / _safe(bm.label)
+        return OrtRunner(path, bm.input_shape, rc, batch_sizes=config.batch_sizes, cache_dir=cache)
     return TrtEngineRunner(bm.engine, bm.input_shape, rc)
 
 
@@ -200,6 +213,7 @@ def environment(config: BenchConfig) -> dict[str, Any]:
         "threads": config.threads,
         "precision": config.precision.value,
         "include_copies": config.include_copies,
+        "onnxruntime_problem": ort_install_problem(),
         "timing": asdict(config.timing),
         "versions": versions,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -189,3 +189,11 @@ def test_batch_outside_a_profile_is_skipped_not_failed(
     rows = {(r.model, r.batch): r for r in run_benchmark(bench_models, config).rows}
     assert rows[("dense", 1)].ok and rows[("half", 1)].ok
     assert rows[("dense", 2)].status == "skipped: batch 2 is outside the engine's profile [1, 1]"
+
+
+def test_ort_fp16_rows_run_on_the_cpu(bench_models: list[BenchModel]) -> None:
+    # Models without model.fp16.onnx get one converted on the fly; rows are measured, not failed.
+    config = BenchConfig(backends=("ort",), batch_sizes=(2,), precision="fp16", timing=FAST)
+    rows = run_benchmark(bench_models, config).rows
+    assert all(r.ok for r in rows), [r.status for r in rows]
+    assert all(r.max_abs_diff is not None and r.max_abs_diff < 5e-2 for r in rows)
