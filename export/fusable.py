@@ -70,6 +70,7 @@ def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
     """
     blocks = _blocks(model)
     final_ln = isinstance(getattr(model, "norm", None), nn.LayerNorm)
+    post_norm = bool(getattr(model.spec, "post_norm", False))  # LN(x + attn(x)): always anchored
     out = []
     for i, blk in enumerate(blocks):
         attn = blk.attn
@@ -81,7 +82,7 @@ def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
         reason = ""
         if not math.isclose(scale, want, rel_tol=SCALE_RTOL):
             reason = f"scale {scale:.6g} != 1/sqrt(qk_dim={attn.qk_dim}) = {want:.6g}"
-        elif blk.mlp is None and not later and not final_ln:
+        elif not post_norm and blk.mlp is None and not later and not final_ln:
             reason = "no LayerNorm reads the attention's residual sum (ORT's fusion anchor)"
         out.append(BlockFusion(i, attn.heads, attn.qk_dim, scale, not reason, reason))
     return tuple(out)
@@ -129,7 +130,11 @@ class FusableAttention(nn.Module):
 
 
 class FusableBlock(nn.Module):
-    """A ``uvc.model.Block`` whose residual Adds take the branch output first."""
+    """A ``uvc.model.Block`` whose residual Adds take the branch output first.
+
+    Layer scales are folded into the branch's last Linear (``gamma * (W x + b)`` =
+    ``(gamma W) x + gamma b``), so no Mul sits between the projection and the residual Add.
+    """
 
     def __init__(self, blk: nn.Module, fusion: BlockFusion) -> None:
         super().__init__()
@@ -137,13 +142,24 @@ class FusableBlock(nn.Module):
             raise ExportError("cannot export a gated block: materialize the model first")
         if blk.mlp is not None and blk.mlp.mask is not None:
             raise ExportError("cannot export a masked MLP: materialize the model first")
+        self.post_norm = bool(getattr(blk, "post_norm", False))
         self.norm1 = copy.deepcopy(blk.norm1)
         self.attn = None if blk.attn is None else FusableAttention(blk.attn, fusion.fusable)
         self.norm2 = copy.deepcopy(blk.norm2)
         self.mlp = copy.deepcopy(blk.mlp)
+        if self.attn is not None:
+            _fold_scale(self.attn.proj, getattr(blk, "ls1", None))
+        if self.mlp is not None:
+            _fold_scale(self.mlp.fc2, getattr(blk, "ls2", None))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Residual attention then residual MLP, branch first in each Add."""
+        """Residual attention then residual MLP (pre- or post-norm), branch first in each Add."""
+        if self.post_norm:
+            if self.norm1 is not None:
+                x = self.norm1(x if self.attn is None else self.attn(x) + x)
+            if self.norm2 is not None:
+                x = self.norm2(x if self.mlp is None else self.mlp(x) + x)
+            return x
         if self.attn is not None:
             x = self.attn(self.norm1(x)) + x
         if self.mlp is not None:
@@ -169,6 +185,17 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     if getattr(model, "spec", None) is None or blocks is None:
         raise ExportError("the fusable export form needs a uvc.model.ViT")
     return blocks
+
+
+def _fold_scale(linear: nn.Linear, layer_scale: nn.Module | None) -> None:
+    """Multiply ``linear``'s output rows by a ``LayerScale``'s gamma, in place (a copy's)."""
+    if layer_scale is None:
+        return
+    gamma = layer_scale.gamma.detach()
+    with torch.no_grad():
+        linear.weight.mul_(gamma[:, None])
+        if linear.bias is not None:
+            linear.bias.mul_(gamma)
 
 
 def _split_qkv(t: Tensor, heads: int, qk_dim: int, v_dim: int) -> tuple[Tensor, ...]:
