@@ -80,3 +80,20 @@ def cleanup() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:
+    """Average gradients over ranks in one flat buffer, so every rank takes the same step."""
+    if not dist.enabled:
+        return
+    import torch.distributed as tdist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    off = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p).to(p.dtype)
+        off += n

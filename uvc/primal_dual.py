@@ -20,18 +20,19 @@ from torch import Tensor, nn
 
 from uvc.amp import autocast, check_amp, grad_scaler
 from uvc.cost import LatencyTable
-from uvc.dist import DistInfo
+from uvc.dist import DistInfo, all_reduce_grads
 from uvc.distill import DistillLoss
 from uvc.dual import (
     Duals,
     ascend_groups,
     ascend_z,
     hard_block_cost,
+    project_to_budget,
     proximal_shrink_,
 )
 from uvc.gates import ATTN, BLOCK, MLP, GateMode, Gates
 from uvc.importance import Criterion, GroupImportance, magnitude
-from uvc.keep import BlockMasks, KeepSet, masked
+from uvc.keep import BlockMasks, KeepSet, masked, spec_after
 from uvc.model import ViT
 from uvc.optim import param_groups
 from uvc.resource import Metric, ResourceModel
@@ -47,6 +48,7 @@ class SearchConfig:
     """Settings of the search (defaults follow UVC where it states them).
 
     Args:
+        method: the compression method (``uvc.methods.METHODS``): uvc (primal-dual), uniform.
         budget: target cost as a fraction of the uncompressed model's, in (0, 1].
         metric: what the budget counts (macs, params, latency).
         lut: latency lookup-table JSON (required for the latency metric).
@@ -73,6 +75,7 @@ class SearchConfig:
             budget) instead of UVC's ``z * (R - budget)``.
     """
 
+    method: str = "uvc"
     budget: float = 0.5
     metric: Metric = Metric.MACS
     lut: str | None = None
@@ -107,6 +110,10 @@ class SearchConfig:
         object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
         object.__setattr__(self, "gates", _enum(GateMode, self.gates, "gates"))
         _enum(Criterion, self.importance, "importance")
+        from uvc.methods import METHODS  # the registry imports this module lazily
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
         if self.metric is Metric.LATENCY and not self.lut:
@@ -248,7 +255,7 @@ class PrimalDual:
         lag = kd + (self.duals.per_part().to(lost) * lost).sum() + budget_term
         (self.scaler.scale(lag) if self.scaler else lag).backward()
         extra = list(self.structure.parameters()) + list(self.gates.parameters())
-        _all_reduce_grads(list(model.parameters()) + extra, self.dist)
+        all_reduce_grads(list(model.parameters()) + extra, self.dist)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
             inv = 1.0 / self.scaler.get_scale()
@@ -313,14 +320,32 @@ class PrimalDual:
             for i, hb in enumerate(self.structure.hard())
         ]
 
-    def cost(self, hard: list[HardBlock]) -> float:
-        """R / R_full of integer decisions."""
+    def cost(self, hard: list[HardBlock] | None = None) -> float:
+        """R / R_full of integer decisions (default: the current ones)."""
+        hard = self.hard() if hard is None else hard
         scores = self.importance(self.model)
         blocks = sum(hard_block_cost(self.res, i, hb, scores[i]) for i, hb in enumerate(hard))
         return (self.res.fixed + blocks) / self.res.full
 
     def keep(self) -> KeepSet:
+        """The keep-set of the current counts and gates."""
         return keep_from_hard(self.model.spec, self.importance(self.model), self.hard())
+
+    def summary(self) -> dict[str, float]:
+        """The budget dual, for the epoch record."""
+        return {"z": float(self.duals.z)}
+
+    def finalize(self) -> tuple[KeepSet, dict[str, Any]]:
+        """Round the search's decisions onto the budget: a deterministic projection into
+        ``[budget * (1 - tolerance), budget]`` (by score per unit of cost); gates are kept."""
+        cfg = self.cfg
+        hard = self.hard()
+        searched = self.cost(hard)
+        scores = self.importance(self.model)
+        projected = project_to_budget(hard, scores, self.res, cfg.budget, cfg.align, cfg.tolerance)
+        keep = keep_from_hard(self.model.spec, scores, projected)
+        final = self.res.of_spec(spec_after(self.model.spec, keep)) / self.res.full
+        return keep, {"R_searched": searched, "R_final": final}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -340,20 +365,3 @@ class PrimalDual:
         self.importance.load_state_dict(st["importance"])
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
-
-
-def _all_reduce_grads(params: list[Tensor], dist: DistInfo) -> None:
-    """Average gradients over ranks in one flat buffer, so every rank takes the same step."""
-    if not dist.enabled:
-        return
-    import torch.distributed as tdist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    tdist.all_reduce(flat)
-    flat /= dist.world_size
-    off = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[off : off + n].view_as(p).to(p.dtype)
-        off += n

@@ -31,16 +31,13 @@ from torch import Tensor, nn
 from uvc.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
-from uvc.dual import (
-    project_to_budget,
-)
 from uvc.errors import DataError, UvcError
 from uvc.finetune import evaluate
-from uvc.keep import KeepSet, hard_masks, masked, spec_after
+from uvc.keep import KeepSet, embed_of, hard_masks, masked, spec_after
+from uvc.methods import Method, build_method
 from uvc.model import ViT
-from uvc.primal_dual import PrimalDual, SearchConfig
+from uvc.primal_dual import SearchConfig
 from uvc.spec import ViTSpec
-from uvc.structure import keep_from_hard
 
 __all__ = ["SearchConfig", "SearchResult", "evaluate_masked", "run_search"]
 
@@ -117,8 +114,8 @@ def evaluate_masked(
 def run_search(
     model: ViT,
     teacher: nn.Module | None,
-    train_loader: Any,
-    val_loader: Any,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
     loss_fn: DistillLoss,
     cfg: SearchConfig,
     out_dir: Path | None,
@@ -127,141 +124,188 @@ def run_search(
     dist: DistInfo = _SINGLE,
     resume: bool = False,
     log: Callable[[dict[str, Any]], None] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> SearchResult:
-    """Search the architecture of ``model`` under ``cfg.budget`` (see module docstring).
+    """Search the architecture of ``model`` under ``cfg.budget`` with the method ``cfg.method``.
 
     Args:
         model: the student, a full-shape ``ViT`` (trained in place).
         teacher: the frozen teacher (eval mode, no gradients), or None for labels only.
-        train_loader / val_loader: yield ``(images, targets)``; targets are class indices or soft
-            (B, C). ``val_loader`` may be None.
+        train_loader / val_loader: any iterables of ``(images, targets)`` (no ``len`` needed);
+            targets are class indices or soft (B, C). ``val_loader`` may be None.
         loss_fn: the distillation loss.
-        cfg: search settings.
+        cfg: search settings (``cfg.method``: uvc, uniform, ...).
         out_dir: where ``search.pt`` (every epoch), ``spec.json`` and ``keep.json`` go. Only rank
             0 reads or writes it (other ranks may pass None; a resume is broadcast to them).
         device: this rank's device.
         dist: this rank's place in a torchrun job.
         resume: continue from ``out_dir/search.pt`` (a killed epoch restarts from its start).
         log: receives every step/epoch record.
+        steps_per_epoch: batches per epoch for a loader without ``len`` (counted with one pass
+            over the loader when not given: the schedules need the total).
     """
     from tqdm import tqdm
 
-    if cfg.amp and device.type != "cuda":
-        raise UvcError(f"mixed precision ({cfg.amp}) needs a CUDA device, got {device}")
-    try:
-        steps_per_epoch = len(train_loader)
-    except TypeError:
-        raise DataError("the training loader must have a length (batches per epoch)") from None
-    if steps_per_epoch == 0:
-        raise DataError("the training loader yields no batches")
-    total = cfg.epochs * steps_per_epoch
+    per_epoch = epoch_length(train_loader, steps_per_epoch)
+    total = cfg.epochs * per_epoch
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
-    s = PrimalDual(model, cfg, device, dist)
-    history: list[dict[str, Any]] = []
-    ckpt_path = out_dir / "search.pt" if out_dir is not None else None
-    start = 0
-
-    def emit(rec: dict[str, Any]) -> None:
-        history.append(rec)
-        if log is not None:
-            log(rec)
-
-    ck = _load_for_resume(ckpt_path if resume else None, dist)
-    if ck is not None:
-        if ck.spec != model.spec:
-            raise UvcError(f"{ckpt_path} was written for another architecture than this model")
-        if ck.extra.get("config") != cfg.to_dict():
-            logger.warning(
-                "resuming %s with a different search config than it was started with", ckpt_path
-            )
-        model.load_state_dict(ck.state_dict)
-        s.load_state(ck.extra)
-        torch.set_rng_state(ck.extra["rng"])
-        if device.type == "cuda" and ck.extra.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ck.extra["cuda_rng"], device)
-        history.extend(ck.extra.get("history", []))
-        start = int(ck.extra["epoch"]) + 1
-        logger.info("resuming the search at epoch %d of %d", start, cfg.epochs)
-    else:
-        _sync_model(model, dist)
-
-    bar = tqdm(
-        total=total,
-        initial=start * steps_per_epoch,
-        disable=not (dist.is_main and cfg.progress),
-        desc="search",
-    )
+    method = build_method(cfg.method, model, cfg, device, dist)
+    run = _Run(model, method, cfg, out_dir, device, dist, log)
+    start = run.restore(resume)
+    bar = tqdm(total=total, initial=start * per_epoch, disable=not (dist.is_main and cfg.progress))
+    bar.set_description(f"search ({cfg.method})")
     for epoch in range(start, cfg.epochs):
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         warmup = epoch < cfg.warmup_epochs
         for i, (x, t) in enumerate(train_loader):
-            step = epoch * steps_per_epoch + i
-            rec = s.step(x.to(device), t.to(device), teacher, loss_fn, step, total, warmup)
+            if i >= per_epoch:
+                break  # a loader longer than announced keeps the schedule's length
+            step = epoch * per_epoch + i
+            rec = method.step(x.to(device), t.to(device), teacher, loss_fn, step, total, warmup)
             bar.update(1)
-            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                emit({**rec, "epoch": epoch})
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", R=f"{rec['R']:.3f}", z=f"{rec['z']:.3f}")
-        keep = s.keep()
+            if step % cfg.log_every == 0 or i == per_epoch - 1:
+                run.emit({**rec, "epoch": epoch})
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", R=f"{rec['R']:.3f}")
+        run.end_epoch(epoch, val_loader, per_epoch)
+    bar.close()
+    return run.finish()
+
+
+def epoch_length(loader: Iterable[Any], hint: int | None = None) -> int:
+    """Batches per epoch: ``hint``, else ``len(loader)``, else one counting pass over it."""
+    if hint is not None:
+        if hint < 1:
+            raise DataError(f"steps_per_epoch must be >= 1, got {hint}")
+        return hint
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        logger.info("the training loader has no len(): counting its batches once")
+        n = sum(1 for _ in loader)
+    if n == 0:
+        raise DataError("the training loader yields no batches")
+    return n
+
+
+class _Run:
+    """The method-agnostic bookkeeping of a search: records, checkpoints, resume, the end."""
+
+    def __init__(
+        self,
+        model: ViT,
+        method: Method,
+        cfg: SearchConfig,
+        out_dir: Path | None,
+        device: torch.device,
+        dist: DistInfo,
+        log: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.model, self.method, self.cfg, self.out_dir = model, method, cfg, out_dir
+        self.device, self.dist, self.log = device, dist, log
+        self.history: list[dict[str, Any]] = []
+        self.ckpt = out_dir / "search.pt" if out_dir is not None else None
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        self.history.append(rec)
+        if self.log is not None:
+            self.log(rec)
+
+    def restore(self, resume: bool) -> int:
+        """Load ``search.pt`` (rank 0's, broadcast) and return the epoch to start at."""
+        ck = _load_for_resume(self.ckpt if resume else None, self.dist)
+        if ck is None:
+            _sync_model(self.model, self.dist)
+            return 0
+        if ck.spec != self.model.spec:
+            raise UvcError(f"{self.ckpt} was written for another architecture than this model")
+        saved = ck.extra.get("config", {})
+        if saved.get("method", "uvc") != self.cfg.method:
+            raise UvcError(
+                f"{self.ckpt} is a {saved.get('method', 'uvc')!r} search; this run asks for "
+                f"{self.cfg.method!r}"
+            )
+        if saved != self.cfg.to_dict():
+            logger.warning("resuming %s with another search config than it began with", self.ckpt)
+        self.model.load_state_dict(ck.state_dict)
+        self.method.load_state(ck.extra)
+        torch.set_rng_state(ck.extra["rng"])
+        if self.device.type == "cuda" and ck.extra.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck.extra["cuda_rng"], self.device)
+        self.history.extend(ck.extra.get("history", []))
+        start = int(ck.extra["epoch"]) + 1
+        logger.info("resuming the search at epoch %d of %d", start, self.cfg.epochs)
+        return start
+
+    def end_epoch(self, epoch: int, val_loader: Iterable[Any] | None, per_epoch: int) -> None:
+        """Validate the masked model, log, and checkpoint (rank 0)."""
         acc = None
         if val_loader is not None:
-            acc = evaluate_masked(model, keep, val_loader, device, dist)
+            acc = evaluate_masked(
+                self.model, self.method.keep(), val_loader, self.device, self.dist
+            )
         rec = {
             "kind": "search_epoch",
             "epoch": epoch,
-            "R_hard": s.cost(s.hard()),
-            "budget": cfg.budget,
-            "z": float(s.duals.z),
+            "R_hard": self.method.cost(),
+            "budget": self.cfg.budget,
+            **self.method.summary(),
             "val_acc_masked": acc,
         }
-        history.append(rec)
-        if dist.is_main and ckpt_path is not None:
+        self.history.append(rec)
+        if self.dist.is_main and self.ckpt is not None:
             extra = {
-                **s.state(),
+                **self.method.state(),
                 "kind": "uvc-search",
                 "epoch": epoch,
-                "step": (epoch + 1) * steps_per_epoch,
+                "step": (epoch + 1) * per_epoch,
                 "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "config": cfg.to_dict(),
-                "history": history,
+                "cuda_rng": (
+                    torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+                ),
+                "config": self.cfg.to_dict(),
+                "history": self.history,
             }
-            save_checkpoint(
-                ckpt_path, Checkpoint(model.spec, model.state_dict(), {"kind": "search"}, extra)
-            )
-        if log is not None:
-            log(rec)
-        logger.info("search epoch %d: R=%.4f z=%.4f acc=%s", epoch, rec["R_hard"], rec["z"], acc)
-    bar.close()
+            ck = Checkpoint(self.model.spec, self.model.state_dict(), {"kind": "search"}, extra)
+            save_checkpoint(self.ckpt, ck)
+        if self.log is not None:
+            self.log(rec)
+        logger.info("search epoch %d: R=%.4f acc=%s", epoch, rec["R_hard"], acc)
 
-    hard = s.hard()
-    searched = s.cost(hard)
-    scores = s.importance(model)
-    projected = project_to_budget(hard, scores, s.res, cfg.budget, cfg.align, cfg.tolerance)
-    keep = keep_from_hard(model.spec, scores, projected)
-    new_spec = spec_after(model.spec, keep)
-    final = s.res.of_spec(new_spec) / s.res.full
-    emit(
-        {
-            "kind": "search_final",
-            "R_searched": searched,
-            "R_final": final,
-            "budget": cfg.budget,
-            "metric": cfg.metric.value,
+    def finish(self) -> SearchResult:
+        """The method's final keep-set, recorded, written (rank 0) and returned."""
+        keep, record = self.method.finalize()
+        new_spec = spec_after(self.model.spec, keep)
+        self.emit(
+            {
+                "kind": "search_final",
+                **record,
+                "budget": self.cfg.budget,
+                "metric": self.cfg.metric.value,
+                "method": self.cfg.method,
+            }
+        )
+        logger.info(
+            "search (%s): R %.4f before projection, %.4f final (budget %.4f)",
+            self.cfg.method, record["R_searched"], record["R_final"], self.cfg.budget,
+        )  # fmt: skip
+        if self.dist.is_main and self.out_dir is not None:
+            new_spec.save(self.out_dir / "spec.json")
+            atomic_write_text(self.out_dir / "keep.json", json.dumps(keep.to_json()) + "\n")
+        st = self.method.state()
+        flat = {
+            f"{part}.{k}": v.detach().cpu()
+            for part in ("structure", "gates", "duals")
+            for k, v in st.get(part, {}).items()
         }
-    )
-    logger.info(
-        "search: R %.4f before projection, %.4f final (budget %.4f)", searched, final, cfg.budget
-    )
-    if dist.is_main and out_dir is not None:
-        new_spec.save(out_dir / "spec.json")
-        atomic_write_text(out_dir / "keep.json", json.dumps([k.to_dict() for k in keep]) + "\n")
-    st = s.state()
-    flat = {
-        f"{part}.{k}": v.detach().cpu()
-        for part in ("structure", "gates", "duals")
-        for k, v in st[part].items()
-    }
-    return SearchResult(keep, new_spec, model, history, searched, final, flat)
+        return SearchResult(
+            KeepSet(keep, embed_of(keep)),
+            new_spec,
+            self.model,
+            self.history,
+            record["R_searched"],
+            record["R_final"],
+            flat,
+        )

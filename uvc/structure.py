@@ -264,7 +264,7 @@ def keep_from_hard(spec: ViTSpec, scores: list[BlockScores], hard: list[HardBloc
             out.append(BlockKeep(heads, qk, per[0], mlp, v_per_head=per))
         else:
             out.append(BlockKeep(heads, qk, _top(sc.v_aligned, hb.v), mlp))
-    return tuple(out)
+    return KeepSet(out)
 
 
 def _top(scores: Tensor, k: int) -> tuple[int, ...]:
