@@ -5,6 +5,11 @@ exactly as ``uvc.model.Block`` runs it (LayerNorm, the branch, the residual add)
 the table's embed width, token count and batch; the fixed parts (patch embedding, tokens, final
 norm, head) are measured once as a model whose only block is empty. The table is written in
 ``uvc.cost.LatencyTable``'s format, which the trainer reads for ``--metric latency``.
+
+Backends: the PyTorch runners (eager, compile, cudagraph) time the modules themselves; ``ort``
+times them as the deployed graph runs them: every sub-layer (and the fixed parts, and each checked
+whole model) is exported to its own ONNX graph with the exporter ``uvc export`` uses, then run by
+ONNX Runtime with the benchmark's session settings (``uvc.bench.runners.OrtRunner``).
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import logging
 import math
 import random
 import statistics
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from uvc.bench.runners import Backend, Precision, RunnerConfig, TorchRunner
+from uvc.bench.runners import Backend, OrtRunner, Precision, Runner, RunnerConfig, TorchRunner
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
 from uvc.cost import LUT_FORMAT, LUT_VERSION, LatencyTable
@@ -30,7 +36,9 @@ from uvc.spec import BlockSpec, ViTSpec
 
 log = logging.getLogger(__name__)
 
-LUT_BACKENDS = (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH)
+LUT_BACKENDS = (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH, Backend.ORT)
+# Graph exporters for --backend ort: "dynamo" is what `uvc export` writes by default.
+LUT_EXPORTERS = ("dynamo", "torchscript")
 
 
 def frame_spec(
@@ -70,10 +78,12 @@ class LutConfig:
     Args:
         spec: gives embed width, token count and the fixed parts (patch size, classes, tokens).
         batch: images per call.
-        backend: eager, compile or cudagraph (the PyTorch runners).
+        backend: eager, compile or cudagraph (the PyTorch runners), or ort (ONNX Runtime on
+            exported sub-layer graphs).
         device, threads, precision: as for ``uvc bench``.
         heads, qk_dims, v_dims: the attention grid; mlp_dims: the MLP grid.
         timing: samples per grid point; ``warmup`` counts per point per round.
+        exporter: with ``ort``, the ONNX exporter of every graph (``uvc export``'s is dynamo).
     """
 
     spec: ViTSpec
@@ -87,9 +97,12 @@ class LutConfig:
     v_dims: tuple[int, ...] = (16, 32, 64)
     mlp_dims: tuple[int, ...] = (64, 384, 768)
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=1, rounds=3, reps=5))
+    exporter: str = "dynamo"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))
+        if self.exporter not in LUT_EXPORTERS:
+            raise ValueError(f"exporter must be one of {LUT_EXPORTERS}, got {self.exporter!r}")
         if self.backend not in LUT_BACKENDS:
             names = ", ".join(b.value for b in LUT_BACKENDS)
             raise ValueError(f"latency tables are measured with {names}, not {self.backend.value}")
@@ -125,25 +138,85 @@ def time_modules(
     """Median milliseconds per call of each (module, per-sample input shape), interleaved.
 
     All modules are timed round-robin (``config.timing.rounds`` passes), so a burst of load from
-    another process spreads over every grid point instead of corrupting one of them.
+    another process spreads over every grid point instead of corrupting one of them. With the
+    ``ort`` backend each module is first exported to ONNX and run by ONNX Runtime.
     """
     rc = config.runner_config()
-    watch = Stopwatch(rc.torch_device if rc.on_cuda else "cpu")
+    watch = Stopwatch(rc.torch_device if rc.on_cuda and rc.backend is not Backend.ORT else "cpu")
     t = config.timing
-    runners = [TorchRunner(m, shape, rc) for m, shape in modules]
-    live = []
-    try:
-        for r in runners:
-            r.__enter__()
-            r.prepare(config.batch)
-            live.append((r, r.make_input(config.batch), []))
-        for _ in range(t.rounds):
-            for r, x, samples in live:
-                samples += take_samples(lambda r=r, x=x: r.infer(x), t.reps, watch, t.warmup)
-    finally:
-        for r, *_ in live:
-            r.__exit__(None, None, None)
+    live: list[tuple[Runner, torch.Tensor, list[float]]] = []
+    with tempfile.TemporaryDirectory(prefix="uvc-lut-") as tmp:
+        runners = _runners(modules, config, Path(tmp))
+        try:
+            for r in runners:
+                r.__enter__()
+                r.prepare(config.batch)
+                live.append((r, r.make_input(config.batch), []))
+            for k in range(t.rounds):
+                # A table can take minutes: say where it is (one line per round).
+                log.info("timing round %d/%d over %d modules", k + 1, t.rounds, len(live))
+                for r, x, samples in live:
+                    samples += take_samples(lambda r=r, x=x: r.infer(x), t.reps, watch, t.warmup)
+        finally:
+            for r, *_ in live:
+                r.__exit__(None, None, None)
     return [summarize(samples, config.batch, "lut").median_ms for _, _, samples in live]
+
+
+def _runners(
+    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], config: LutConfig, workdir: Path
+) -> list[Runner]:
+    """Unopened runners of ``modules``: PyTorch ones, or ONNX Runtime on exported graphs."""
+    rc = config.runner_config()
+    if config.backend is not Backend.ORT:
+        return [TorchRunner(m, shape, rc) for m, shape in modules]
+    out: list[Runner] = []
+    for i, (m, shape) in enumerate(modules):
+        log.info("exporting graph %d/%d (%s)", i + 1, len(modules), config.exporter)
+        path = export_module(m, shape, workdir / f"m{i}.onnx", config.exporter)
+        out.append(OrtRunner(path, shape, rc, batch_sizes=(config.batch,)))
+    return out
+
+
+def export_module(
+    module: nn.Module, shape: tuple[int, ...], path: Path, exporter: str = "dynamo"
+) -> Path:
+    """Export ``module`` (a ViT, or a sub-layer taking (batch, *shape)) to ONNX, batch dynamic.
+
+    A ViT goes through ``uvc.export.onnx.export_onnx``, exactly as ``uvc export`` writes it; a
+    sub-layer through the same ``torch.onnx.export`` path and opset.
+    """
+    from uvc.export.onnx import MIN_OPSET, Exporter, _quiet_exporter, export_onnx
+
+    if isinstance(module, ViT):
+        return export_onnx(module, path, exporter=Exporter(exporter))
+    m = module.eval()
+    x = torch.randn(2, *shape)
+    names = {"input_names": ["x"], "output_names": ["y"]}
+    with torch.no_grad(), _quiet_exporter():
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(
+                m,
+                (x,),
+                str(path),
+                dynamo=True,
+                opset_version=MIN_OPSET,
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+                **names,
+            )
+        else:
+            torch.onnx.export(
+                m,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=MIN_OPSET,
+                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+                **names,
+            )
+    return path
 
 
 def measure_lut(config: LutConfig) -> LatencyTable:
@@ -162,8 +235,11 @@ def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable,
         BlockSpec(h, q, v, 0) for h in config.heads for q in config.qk_dims for v in config.v_dims
     ] + [BlockSpec(0, 0, 0, m) for m in config.mlp_dims]
     modules: list[tuple[nn.Module, tuple[int, ...]]] = [
-        (Block(d, b, spec.qkv_bias, spec.norm_eps), tok_shape) for b in points
+        (_block(spec, b), tok_shape) for b in points
     ]
+    # What one call costs beyond its work (ONNX Runtime's run(), Python dispatch): each sub-layer
+    # pays it once when timed alone, a whole model once in all; it is taken out of every point.
+    modules.append((CallOverhead(), tok_shape))
     # Fixed parts: the same model with one empty block (an identity), so nothing of a block counts.
     frame = spec.replace(blocks=(BlockSpec(0, 0, 0, 0),))
     modules.append((ViT(frame), (spec.in_chans, spec.img_size, spec.img_size)))
@@ -171,11 +247,19 @@ def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable,
     ms = time_modules(modules, config)
     ms, whole = ms[: len(modules) - len(specs)], ms[len(modules) - len(specs) :]
     n_attn = len(points) - len(config.mlp_dims)
+    overhead, fixed = ms[-2], ms[-1]
+    ms = [max(0.0, v - overhead) for v in ms[:-2]]
     attn = torch.tensor(ms[:n_attn]).reshape(
         len(config.heads), len(config.qk_dims), len(config.v_dims)
     )
-    mlp, fixed = ms[n_attn:-1], ms[-1]
-    log.info("measured %d attention, %d MLP points and the fixed parts", n_attn, len(mlp))
+    mlp = ms[n_attn:]
+    log.info(
+        "measured %d attention, %d MLP points and the fixed parts; %.4f ms per-call overhead "
+        "taken out of every point",
+        n_attn,
+        len(mlp),
+        overhead,
+    )
     table = LatencyTable.from_dict(
         {
             "format": LUT_FORMAT,
@@ -197,6 +281,26 @@ def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable,
         }
     )
     return table, whole
+
+
+class CallOverhead(nn.Module):
+    """Next to no work (the first token): its latency is the cost of a call itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def _block(spec: ViTSpec, b: BlockSpec) -> Block:
+    """A sub-layer of ``spec``'s kind (norm placement, activation, layer scale), widths ``b``."""
+    return Block(
+        spec.embed_dim,
+        b,
+        spec.qkv_bias,
+        spec.norm_eps,
+        post_norm=spec.post_norm,
+        act=spec.act,
+        layer_scale=spec.layer_scale,
+    )
 
 
 def _device_name(device: str) -> str:

@@ -6,15 +6,20 @@ and run with name-based tensor I/O (``set_input_shape``, ``set_tensor_address``,
 with ``BuilderFlag.FP16``; TensorRT 11 removed that flag (networks are strongly typed), so its FP16
 engines are built from the FP16 ONNX graph of ``uvc.export.fp16``.
 
-I/O buffers are torch CUDA tensors and the work is queued on the current torch stream: no pycuda
-(source-only, needs the CUDA headers to build) and no cuda-python needed.
+I/O buffers are torch CUDA tensors: no pycuda (source-only, needs the CUDA headers to build) and
+no cuda-python needed. The engine runs on a stream of its own, ordered against the caller's current
+torch stream with events: torch's current stream is usually the legacy default stream (handle 0),
+on which TensorRT documents extra device synchronisations.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +52,14 @@ def require_cuda() -> torch.device:
     if not torch.cuda.is_available():
         raise BackendUnavailable(f"TensorRT needs a CUDA GPU and torch sees none: {INSTALL_HINT}")
     return torch.device("cuda", torch.cuda.current_device())
+
+
+@functools.cache
+def trt_logger() -> Any:
+    """The one TensorRT logger of this process (TensorRT expects a single logger instance, and
+    every builder/runtime created with it must not outlive it)."""
+    trt = require_tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def trt_major(trt: ModuleType) -> int:
@@ -140,7 +153,7 @@ def build_engine(
         if fp16_onnx is None:
             raise ExportError("TensorRT 11 builds FP16 engines from the FP16 ONNX graph; pass it")
         source = fp16_onnx
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
     parser = trt.OnnxParser(network, logger)
@@ -166,10 +179,9 @@ def build_engine(
     )
     config.add_optimization_profile(profile)
     cache_bytes = b""
-    if cfg.timing_cache is not None and Path(cfg.timing_cache).is_file():
-        cache_bytes = Path(cfg.timing_cache).read_bytes()
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cfg.timing_cache is not None:
+        cache_bytes = read_timing_cache(Path(cfg.timing_cache), str(trt.__version__))
+    use_timing_cache(config, cache_bytes)
 
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -180,7 +192,7 @@ def build_engine(
     _write_bytes(Path(engine_path), data)
     if cfg.timing_cache is not None:
         serialized = bytes(config.get_timing_cache().serialize())
-        _write_bytes(Path(cfg.timing_cache), serialized)
+        write_timing_cache(Path(cfg.timing_cache), serialized, str(trt.__version__))
     precision = "fp16" if cfg.fp16 else ("tf32" if cfg.tf32 else "fp32")
     log.info(
         "built %s engine %s in %.1f s (TensorRT %s)",
@@ -194,8 +206,56 @@ def build_engine(
     )
 
 
+def read_timing_cache(path: Path, version: str) -> bytes:
+    """The timing cache at ``path`` if it was written by this TensorRT ``version``, else b"".
+
+    A cache from another TensorRT version is rejected by the builder (or, worse, half-used); the
+    version is kept in ``<cache>.version`` beside it, so a stale cache is simply not read.
+    """
+    if not path.is_file():
+        return b""
+    tag = path.with_name(path.name + ".version")
+    written_by = tag.read_text().strip() if tag.is_file() else "an unknown version"
+    if written_by != version:
+        log.warning(
+            "timing cache %s was written by TensorRT %s, this is %s: starting a new one",
+            path,
+            written_by,
+            version,
+        )
+        return b""
+    return path.read_bytes()
+
+
+def write_timing_cache(path: Path, data: bytes, version: str) -> None:
+    """Write a timing cache and its version tag (parent folders created)."""
+    _write_bytes(path, data)
+    _write_bytes(path.with_name(path.name + ".version"), (version + "\n").encode())
+
+
+def use_timing_cache(config: Any, data: bytes) -> Any:
+    """Create a timing cache from ``data`` and set it on the builder ``config``.
+
+    ``set_timing_cache`` returns False when the cache does not fit this TensorRT/device (and
+    ``create_timing_cache`` may return None): then an empty cache is used instead, with a warning.
+
+    Raises:
+        ExportError: not even an empty cache could be set.
+    """
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    if data:
+        log.warning("TensorRT rejected the timing cache (another version or GPU): starting empty")
+        cache = config.create_timing_cache(b"")
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+    raise ExportError("TensorRT could not set a timing cache on the builder config")
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` beside ``path`` then rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -211,15 +271,17 @@ def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
 
 
 class TrtRunner:
-    """Run a serialized engine on torch CUDA tensors, on the current torch stream.
+    """Run a serialized engine on torch CUDA tensors, on a stream of its own.
 
     Use as a context manager::
 
         with TrtRunner("model.engine") as run:
             logits = run.infer(images.cuda())
 
-    ``infer`` queues the work and returns without synchronizing (like any CUDA op); read the
-    result with ``.cpu()`` or call ``torch.cuda.synchronize()`` before timing.
+    ``infer`` queues the work and returns without synchronizing (like any CUDA op): the engine's
+    stream waits for the caller's current stream (the input is ready), and the caller's stream
+    waits for the engine's (the output is ready), both with events. Read the result with
+    ``.cpu()``, or time it with CUDA events on the caller's stream.
     """
 
     def __init__(self, engine_path: str | Path) -> None:
@@ -233,9 +295,8 @@ class TrtRunner:
         if not self.engine_path.is_file():
             raise ExportError(f"engine not found: {self.engine_path}")
         self._trt = trt
-        # Keep the logger referenced as long as the runtime that reports through it.
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger())
+        self._stream = torch.cuda.Stream(self.device)
         self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise ExportError(
@@ -260,6 +321,7 @@ class TrtRunner:
         self._context = None
         self._engine = None
         self._runtime = None
+        self._stream = None
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) on the GPU -> logits (B, classes) on the GPU, in float32.
@@ -272,6 +334,8 @@ class TrtRunner:
             raise ExportError("TrtRunner.infer called outside its `with` block")
         if not x.is_cuda:
             raise ExportError("TrtRunner.infer takes CUDA tensors; move the input with .cuda()")
+        if x.device != self.device:
+            raise ExportError(f"input on {x.device}, the engine was loaded on {self.device}")
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ExportError(f"input shape {tuple(x.shape)} != engine's (B, {self.sample_shape})")
         b = int(x.shape[0])
@@ -280,7 +344,8 @@ class TrtRunner:
                 f"batch {b} is outside the engine's range [{self.min_batch}, {self.max_batch}]"
             )
         with torch.cuda.device(x.device):
-            x = x.to(self.input_dtype).contiguous()
+            caller = torch.cuda.current_stream(x.device)
+            x = x.to(self.input_dtype).contiguous()  # queued on the caller's stream
             ctx = self._context
             if not ctx.set_input_shape(self.input_name, tuple(x.shape)):
                 raise ExportError(f"the engine rejects input shape {tuple(x.shape)}")
@@ -288,10 +353,28 @@ class TrtRunner:
             out = torch.empty(out_shape, dtype=self.output_dtype, device=x.device)
             ctx.set_tensor_address(self.input_name, x.data_ptr())
             ctx.set_tensor_address(self.output_name, out.data_ptr())
-            stream = torch.cuda.current_stream(x.device)
+            stream = self._stream
+            stream.wait_stream(caller)  # an event: the engine starts once the input is written
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise ExportError("TensorRT execute_async_v3 failed (see the log above)")
-        return out.float()
+            # The caching allocator must not hand these buffers out while the engine uses them.
+            x.record_stream(stream)
+            out.record_stream(stream)
+            caller.wait_stream(stream)  # the caller's later work sees the finished output
+            return out.float()
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Inside: cuBLAS matmuls and cuDNN convolutions in true FP32 (TF32 off); restored after."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def validate_engine(
@@ -302,7 +385,11 @@ def validate_engine(
     atol: float | None = None,
     name: str = "engine",
 ) -> ValidationReport:
-    """Compare an engine's logits with the PyTorch FP32 model's, both on the GPU."""
+    """Compare an engine's logits with the PyTorch FP32 model's, both on the GPU.
+
+    The reference is true FP32: torch's cuDNN allows TF32 by default (the patch-embedding conv
+    would run in TF32), so TF32 is switched off while the reference is computed.
+    """
     import copy
 
     device = require_cuda()
@@ -311,7 +398,8 @@ def validate_engine(
     with TrtRunner(engine_path) as runner, torch.no_grad():
         for x in inputs:
             x = x.to(device=device, dtype=torch.float32)
-            ref = ref_model(x)
+            with no_tf32():
+                ref = ref_model(x)
             out = runner.infer(x)
             torch.cuda.current_stream(device).synchronize()
             rows.append(compare(ref, out))

@@ -103,7 +103,40 @@ def test_grids_and_frames() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="increasing"):
         LutConfig(spec=tiny_spec(), heads=(2, 1))
-    with pytest.raises(ValueError, match="not ort"):
-        LutConfig(spec=tiny_spec(), backend="ort")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not trt"):
+        LutConfig(spec=tiny_spec(), backend="trt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exporter"):
+        LutConfig(spec=tiny_spec(), backend="ort", exporter="jit")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         LutConfig(spec=tiny_spec(), batch=0)
+
+
+def test_ort_table_times_exported_graphs(tmp_path: Path) -> None:
+    """--backend ort: every sub-layer is its own ONNX graph run by ONNX Runtime, and the check's
+    whole models are the exported graphs too; the per-call overhead is taken out of each point."""
+    from uvc.bench.lut import CallOverhead, export_module
+
+    config = LutConfig(
+        spec=tiny_spec(),
+        backend="ort",
+        exporter="torchscript",
+        heads=(1, 4),
+        qk_dims=(4, 8),
+        v_dims=(4, 8),
+        mlp_dims=(16, 96),
+        threads=1,
+        timing=TINY_TIMING,
+    )
+    table, err = build_lut(config, tmp_path / "ort_lut.json", check_specs=2)
+    loaded = LatencyTable.load(tmp_path / "ort_lut.json")
+    assert loaded.meta["backend"] == "ort" and loaded.fixed_ms > 0
+    assert bool((loaded.attn_ms >= 0).all()) and bool((loaded.mlp_ms >= 0).all())
+    assert err is not None and all(m > 0 for m in err.measured_ms)
+    assert table.model_ms(err_spec := random_specs(config.spec, 1)[0]) > table.fixed_ms
+    assert err_spec.depth == config.spec.depth
+    # The overhead probe exports and runs like any sub-layer: one (batch, dim) output per call.
+    import onnxruntime as ort
+
+    path = export_module(CallOverhead(), (5, 32), tmp_path / "o.onnx", "torchscript")
+    out = ort.InferenceSession(str(path)).run(None, {"x": torch.ones(3, 5, 32).numpy()})[0]
+    assert out.shape == (3, 32)

@@ -34,6 +34,62 @@ def test_missing_tensorrt_names_the_extra_and_image() -> None:
         pass
 
 
+def test_timing_cache_from_another_version_is_not_read(tmp_path: Path) -> None:
+    from uvc.export.tensorrt import read_timing_cache, write_timing_cache
+
+    cache = tmp_path / "new" / "dir" / "timing.cache"  # parent folders do not exist yet
+    assert read_timing_cache(cache, "10.8.0") == b""
+    write_timing_cache(cache, b"tactics", "10.8.0")
+    assert cache.read_bytes() == b"tactics"
+    assert read_timing_cache(cache, "10.8.0") == b"tactics"
+    assert read_timing_cache(cache, "11.0.0") == b""  # written by another TensorRT
+    (tmp_path / "old.cache").write_bytes(b"untagged")  # from before tags: version unknown
+    assert read_timing_cache(tmp_path / "old.cache", "10.8.0") == b""
+
+
+class _BuilderConfig:
+    """Stands in for trt.IBuilderConfig's timing-cache calls: rejects caches it did not make."""
+
+    def __init__(self, accept_empty: bool = True) -> None:
+        self.accept_empty = accept_empty
+        self.set: list[bytes] = []
+
+    def create_timing_cache(self, data: bytes) -> bytes:
+        return data
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        ok = cache == b"" and self.accept_empty
+        if ok:
+            self.set.append(cache)
+        return ok
+
+
+def test_rejected_timing_cache_falls_back_to_an_empty_one() -> None:
+    from uvc.export.tensorrt import use_timing_cache
+
+    from uvc.errors import ExportError
+
+    cfg = _BuilderConfig()
+    assert use_timing_cache(cfg, b"stale") == b"" and cfg.set == [b""]
+    with pytest.raises(ExportError, match="could not set a timing cache"):
+        use_timing_cache(_BuilderConfig(accept_empty=False), b"stale")
+
+
+def test_no_tf32_restores_the_flags() -> None:
+    from uvc.export.tensorrt import no_tf32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with no_tf32():
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.fixture
 def gpu_trt():
     trt = pytest.importorskip(
@@ -70,3 +126,15 @@ def test_engine_build_run_validate(gpu_trt, tmp_path: Path, fp16: bool) -> None:
             run.infer(torch.randn(9, 3, 32, 32, device="cuda"))
         with pytest.raises(Exception, match="CUDA"):
             run.infer(torch.randn(1, 3, 32, 32))
+        # Called from a side stream: the engine's own stream is ordered against it with events.
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            xs = torch.randn(4, 3, 32, 32, device="cuda")
+            got = run.infer(xs).clone()
+        side.synchronize()
+        with torch.no_grad():
+            ref = model.cuda()(xs)
+        torch.testing.assert_close(got, ref, atol=5e-2 if fp16 else 1e-3, rtol=1e-2)
+    from uvc.export.tensorrt import trt_logger
+
+    assert trt_logger() is trt_logger()  # one logger per process

@@ -166,9 +166,17 @@ def bench(
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
     "--backend",
-    type=click.Choice(["eager", "compile", "cudagraph"]),
+    type=click.Choice(["eager", "compile", "cudagraph", "ort"]),
     default="eager",
     show_default=True,
+    help="ort: every sub-layer exported to its own ONNX graph and run by ONNX Runtime.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    default="dynamo",
+    show_default=True,
+    help="With --backend ort: the ONNX exporter (uvc export's default is dynamo).",
 )
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
@@ -192,6 +200,7 @@ def lut(
     tokens: int | None,
     device: str,
     backend: str,
+    exporter: str,
     batch: int,
     threads: int | None,
     out: str,
@@ -202,6 +211,7 @@ def lut(
     \b
     uvc lut --model deit_small_patch16_224 --batch 8 --out lut.json --check-specs 5
     uvc lut --embed-dim 384 --tokens 197 --device cuda --backend cudagraph --out lut.json
+    uvc lut --model runs/demo/teacher.pt --backend ort --batch 32 --out ort_lut.json
     """
     from uvc.bench.lut import LutConfig, build_lut, default_frame
     from uvc.source import resolve_spec
@@ -211,7 +221,12 @@ def lut(
     spec = resolve_spec(model) if model else default_frame(embed_dim, tokens)  # type: ignore[arg-type]
     try:
         config = LutConfig.for_spec(
-            spec, batch=batch, backend=backend, device=device, threads=threads or default_threads()
+            spec,
+            batch=batch,
+            backend=backend,
+            device=device,
+            threads=threads or default_threads(),
+            exporter=exporter,
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
