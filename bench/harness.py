@@ -91,6 +91,8 @@ class BenchModel:
         model: the PyTorch model (fp32, CPU).
         onnx / onnx_fp16 / engine: exported files, when the target was an export folder.
         load_s: seconds to load the model; export_s: seconds spent exporting ONNX here.
+        onnx_opt: ``model.opt.onnx`` (``uvc export --optimize cpu``): ONNX Runtime on the CPU in
+            FP32 runs it instead of ``onnx`` and its rows say ``ort+opt``.
     """
 
     label: str
@@ -100,6 +102,7 @@ class BenchModel:
     engine: Path | None = None
     load_s: float = 0.0
     export_s: float | None = None
+    onnx_opt: Path | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -122,7 +125,8 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
             model = load_model(spec, weights if weights is not None else None)
         else:
             raise UvcError(f"{path} is a folder without model.pt or spec.json (not an export)")
-        found = {n: path / n for n in ("model.onnx", "model.fp16.onnx", "model.engine")}
+        names = ("model.onnx", "model.fp16.onnx", "model.engine", "model.opt.onnx")
+        found = {n: path / n for n in names}
         found = {n: p if p.is_file() else None for n, p in found.items()}
         bm = BenchModel(
             str(target),
@@ -130,6 +134,7 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
             found["model.onnx"],
             found["model.fp16.onnx"],
             found["model.engine"],
+            onnx_opt=found["model.opt.onnx"],
         )
     else:
         bm = BenchModel(str(target), load_model(target, weights))
@@ -185,9 +190,18 @@ def open_runner(bm: BenchModel, config: BenchConfig, backend: Backend, workdir: 
         # builds its fp16 engine from the FP32 graph with trt_fp16_enable, like TensorRT 10.
         fp16_graph = rc.precision is Precision.FP16 and backend is Backend.ORT
         path = ensure_fp16_onnx(bm, workdir) if fp16_graph else ensure_onnx(bm, workdir)
+        cpu_fp32 = not rc.on_cuda and rc.precision is Precision.FP32
+        if backend is Backend.ORT and cpu_fp32 and bm.onnx_opt is not None:
+            path = bm.onnx_opt  # ONNX Runtime's CPU fusions (fused attention), validated at export
         cache = workdir / "ort-trt-cache" / _safe(bm.label)
         return OrtRunner(path, bm.input_shape, rc, batch_sizes=config.batch_sizes, cache_dir=cache)
     return TrtEngineRunner(bm.engine, bm.input_shape, rc)
+
+
+def _backend_label(backend: Backend, bm: BenchModel, runner: Runner | None) -> str:
+    """``ort+opt`` when ONNX Runtime runs ``model.opt.onnx``: rows pair only like with like."""
+    on_opt = runner is not None and getattr(runner, "onnx_path", None) == bm.onnx_opt
+    return backend.value + ("+opt" if on_opt and bm.onnx_opt is not None else "")
 
 
 def environment(config: BenchConfig) -> dict[str, Any]:
@@ -284,7 +298,7 @@ def _run_backend(
         for b in config.batch_sizes:
             rows[(bm.label, b)] = Row(
                 bm.label,
-                backend.value,
+                _backend_label(backend, bm, runner),
                 b,
                 status,
                 macs(spec),
