@@ -10,6 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
+from uvc.bench.harness import BenchConfig, bench_targets
+from uvc.bench.timer import TimingConfig
 from uvc.export.fusable import fusable_blocks, fusable_copy
 from uvc.export.materialize import materialize
 from uvc.export.onnx import Exporter, export_onnx, validate_onnx
@@ -195,6 +197,16 @@ def test_cli_export_optimize_cpu(tmp_path: Path) -> None:
     assert opt["attention"]["expected"] == opt["attention"]["fused"] == 3
     assert opt["fusions"]["Attention"] == 3
     assert summary["validation"]["onnx_opt"]["max_abs"] <= EXACT
+
+    # uvc bench runs the optimized graph on ONNX Runtime's CPU provider and says so.
+    config = BenchConfig(
+        backends=("ort",), batch_sizes=(2,), timing=TimingConfig(warmup=1, rounds=2, reps=1)
+    )
+    (row,) = bench_targets([str(out)], config).rows
+    assert (row.backend, row.status) == ("ort+opt", "ok") and row.max_abs_diff <= EXACT
+    (out / "model.opt.onnx").unlink()
+    (row,) = bench_targets([str(out)], config).rows
+    assert (row.backend, row.status) == ("ort", "ok")
 
 
 def test_cli_skip_layer_norm_needs_optimize(tmp_path: Path) -> None:
