@@ -36,6 +36,7 @@ from uvc.spec import Act, BlockSpec, NormPlacement, Pool, ViTSpec
 SOURCE = "torch-encoder"
 _LAYER_RE = re.compile(r"^(.*)\.(\d+)\.self_attn\.in_proj_weight$")
 _CLS_NAMES = ("cls_token", "class_token", "cls_embedding", "cls")
+_FINAL_NORM_NAMES = ("norm", "ln", "final_norm", "norm_final", "layernorm", "encoder_norm", "ln_f")
 _POS_NAMES = (
     "pos_embed",
     "pos_embedding",
@@ -157,12 +158,19 @@ def detect_layout(state: dict[str, Tensor]) -> EncoderLayout:
         raise refuse(f"more than one linear layer after the encoder ({', '.join(linears)})", SOURCE)
     head = linears[0] if linears else None
     head_norm = final_norm = None
+    container = _prefix(encoder)  # "transformer" for "transformer.layers"
     for norm in norms:
-        # A norm beside the head (mlp_head.0 next to mlp_head.1) acts on the pooled vector.
+        # A norm beside the head (mlp_head.0 next to mlp_head.1) acts on the pooled vector; the
+        # encoder's own norm (transformer.norm) or a top-level "norm"/"ln" acts on every token.
         if head is not None and _prefix(norm) and _prefix(norm) == _prefix(head):
             head_norm = _one(head_norm, norm, "head norms")
-        else:
+        elif (container and _prefix(norm) == container) or norm in _FINAL_NORM_NAMES:
             final_norm = _one(final_norm, norm, "final norms")
+        else:
+            raise SpecError(
+                f"{SOURCE}: cannot tell what the norm {norm!r} normalises; pass a layout "
+                "(final_norm / head_norm), or convert the live module"
+            )
     return EncoderLayout(
         patch_embed=convs[0],
         encoder=encoder,
