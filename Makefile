@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format bench docker-lint clean
+.PHONY: help install demo test lint format bench gpu-check docker-lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,11 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP)  ## reference benchmark on this machine -> bench/results/
 	$(BIN)/python -m uvc.bench.reference --out bench/results
+
+# No .venv and no $(STAMP): the GPU machine has torch & co. preinstalled and no network.
+gpu-check:  ## one-shot check on an NVIDIA GPU machine (< 8 min) -> gpu-check/summary.md
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PYTHON) -m uvc.bench.gpu_check --out gpu-check
 
 docker-lint: $(STAMP)  ## lint the Dockerfiles with hadolint
 	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu

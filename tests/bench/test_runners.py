@@ -109,6 +109,7 @@ def test_runner_config_validation() -> None:
         RunnerConfig("nope")  # type: ignore[arg-type]
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("backend", [Backend.EAGER, Backend.CUDAGRAPH])
 def test_cuda_runners_match_model(tiny_model: ViT, backend: Backend) -> None:
