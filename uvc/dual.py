@@ -163,7 +163,8 @@ def _cost(res: ResourceModel, hb: HardBlock, kept_heads: list[int]) -> float:
     if isinstance(v, tuple):
         v = max(v[j] for j in kept_heads) if kept_heads else 0
     h = hb.heads if hb.attn_on else 0
-    return res.block_float(h, hb.qk if h else 0, v if h else 0, hb.mlp if hb.mlp_on else 0)
+    m = hb.mlp if hb.mlp_on else 0
+    return res.block_float(h, hb.qk if h else 0, v if h else 0, m, skip=not hb.block_on)
 
 
 def _kept_idx(scores: Tensor, k: int) -> list[int]:

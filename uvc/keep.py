@@ -32,6 +32,8 @@ class BlockKeep:
         mlp: kept MLP hidden units, sorted; empty removes the MLP.
         v_per_head: UVC's per-head value dims, one tuple per kept head (overrides ``v``).
             Materialization pads each head to the largest count with zero weights.
+        skip: the whole block is skipped (the identity): keeps nothing, and a post-norm block
+            loses its norms too (removing both branches alone leaves ``x <- LN(LN(x))``).
     """
 
     heads: tuple[int, ...]
@@ -39,6 +41,7 @@ class BlockKeep:
     v: tuple[int, ...]
     mlp: tuple[int, ...]
     v_per_head: tuple[tuple[int, ...], ...] | None = None
+    skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heads", "qk", "v", "mlp"):
@@ -55,6 +58,8 @@ class BlockKeep:
             object.__setattr__(self, "v_per_head", per)
         if self.heads and (not self.qk or not (self.v or self.v_per_head)):
             raise SpecError("a block that keeps heads must keep at least one qk and one v dim")
+        if self.skip and (self.heads or self.mlp):
+            raise SpecError("a skipped block keeps no heads and no MLP units")
 
     @property
     def has_attn(self) -> bool:
@@ -78,6 +83,8 @@ class BlockKeep:
         out: dict[str, Any] = {k: list(getattr(self, k)) for k in ("heads", "qk", "v", "mlp")}
         if self.v_per_head is not None:
             out["v_per_head"] = [list(h) for h in self.v_per_head]
+        if self.skip:
+            out["skip"] = True
         return out
 
     @classmethod
@@ -90,6 +97,7 @@ class BlockKeep:
             tuple(data["v"]),
             tuple(data["mlp"]),
             None if per is None else tuple(tuple(h) for h in per),
+            bool(data.get("skip", False)),
         )
 
 
@@ -193,7 +201,9 @@ def spec_after(spec: ViTSpec, keep: Sequence[BlockKeep]) -> ViTSpec:
     """The spec of the dense model that ``keep`` materializes to."""
     check_keep(spec, keep)
     blocks = tuple(
-        BlockSpec(len(k.heads), len(k.qk), k.v_width, len(k.mlp))
+        BlockSpec(0, 0, 0, 0, skip=True)
+        if k.skip
+        else BlockSpec(len(k.heads), len(k.qk), k.v_width, len(k.mlp))
         if k.has_attn
         else BlockSpec(0, 0, 0, len(k.mlp))
         for k in keep
@@ -278,6 +288,8 @@ def hard_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
             m.attn_gate = torch.zeros(())
         if b.has_mlp and not k.has_mlp:
             m.mlp_gate = torch.zeros(())
+        if k.skip:
+            m.gate = torch.zeros(())
         out.append(m)
     return out
 

@@ -217,6 +217,7 @@ class PrimalDual:
                         sb.mlp,
                         gst[i, BLOCK] * gst[i, ATTN],
                         gst[i, BLOCK] * gst[i, MLP],
+                        gst[i, BLOCK],
                     )
                     for i, sb in enumerate(soft)
                 ]
@@ -316,6 +317,7 @@ class PrimalDual:
                 hb,
                 attn_on=bool(gh[i, BLOCK] and gh[i, ATTN]),
                 mlp_on=bool(gh[i, BLOCK] and gh[i, MLP]),
+                block_on=bool(gh[i, BLOCK]),
             )
             for i, hb in enumerate(self.structure.hard())
         ]

@@ -1,10 +1,14 @@
 """Differentiable resource model R of the search's soft state.
 
-R is written with the same formulas as ``uvc.cost`` (MACs, parameters, or lookup-table latency), as
-functions of the kept widths (h heads, q qk dims, v value dims, m MLP units) and the attention/MLP
-gate values a, b in [0, 1]::
+R calls the very functions of ``uvc.cost`` (``block_macs``, ``block_params``: one formula, fed
+tensors here and integers there) or the lookup-table latency, as functions of the kept widths
+(h heads, q qk dims, v value dims, m MLP units) and the gate values g (whole block), a, b
+(attention, MLP) in [0, 1]::
 
-    R = fixed + sum_l  a_l * attn(h, q, v) + b_l * mlp(m)
+    R = fixed + sum_l  g_l * base + a_l * attn(h, q, v) + b_l * mlp(m)
+
+``base`` is what an empty, unskipped block still costs (a post-norm block's two LayerNorms; 0
+pre-norm); ``attn``/``mlp`` are what a branch adds to it.
 
 At hard decisions (integer widths, gates 0/1) it equals ``uvc.cost`` of ``spec_after(spec, keep)``
 exactly; in between it interpolates so the budget term has gradients to counts and gates. UVC's
@@ -15,11 +19,12 @@ gate. Everything is computed in float64 so MAC counts (< 2^53) are exact.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from uvc.cost import NORM_MACS_PER_ELEMENT, LatencyTable, model_cost
+from uvc.cost import LatencyTable, block_macs, block_params, model_cost
 from uvc.errors import SpecError
 from uvc.spec import BlockSpec, ViTSpec
 
@@ -32,6 +37,15 @@ class Metric(str, Enum):
     MACS = "macs"
     PARAMS = "params"
     LATENCY = "latency"
+
+
+class _Widths(NamedTuple):
+    """Duck-typed block widths for ``uvc.cost`` (ints, floats or tensors)."""
+
+    heads: Any
+    qk_dim: Any
+    v_dim: Any
+    mlp_dim: Any
 
 
 class ResourceModel:
@@ -58,35 +72,42 @@ class ResourceModel:
             self.fixed = float(cost.embed_params + cost.head_params)
         else:
             self.fixed = float(lut.fixed_ms)  # type: ignore[union-attr]
+        # A LUT times branches only; the formula's base is the post-norm norms (0 pre-norm).
+        self.base = 0.0 if self.metric is Metric.LATENCY else float(self._formula(0, 0, 0, 0))
         self.full = self.of_spec(spec)
 
+    def _formula(self, h: Any, q: Any, v: Any, m: Any) -> Any:
+        """``uvc.cost``'s block formula (an unskipped block) for the MACs or params metric."""
+        w, s = _Widths(h, q, v, m), self.spec
+        if self.metric is Metric.PARAMS:
+            return block_params(
+                w, s.embed_dim, s.qkv_bias, post_norm=s.post_norm, layer_scale=s.layer_scale
+            )
+        return block_macs(w, s.num_tokens, s.embed_dim, post_norm=s.post_norm).total
+
     def attn(self, h: Number, q: Number, v: Number) -> Tensor:
-        """Cost of an attention branch (with its norm) of h heads, q qk dims and v value dims."""
+        """What an attention branch of h heads, q qk dims and v value dims adds to a block."""
         h, q, v = (_f64(x) for x in (h, q, v))
-        n, d = self.spec.num_tokens, self.spec.embed_dim
         if self.metric is Metric.LATENCY:
             return self.lut.attn_ms_at(h, q, v)  # type: ignore[union-attr]
-        if self.metric is Metric.PARAMS:
-            width = h * (2 * q + v)
-            bias = width if self.spec.qkv_bias else 0.0
-            return 2 * d + d * width + bias + h * v * d + d
-        norm = NORM_MACS_PER_ELEMENT * n * d
-        return norm + n * d * h * (2 * q + v) + h * n * n * q + h * n * n * v + n * h * v * d
+        return self._formula(h, q, v, 0) - self.base
 
     def mlp(self, m: Number) -> Tensor:
-        """Cost of an MLP branch (with its norm) of m hidden units."""
+        """What an MLP branch of m hidden units adds to a block."""
         m = _f64(m)
-        n, d = self.spec.num_tokens, self.spec.embed_dim
         if self.metric is Metric.LATENCY:
             return self.lut.mlp_ms_at(m)  # type: ignore[union-attr]
-        if self.metric is Metric.PARAMS:
-            return 2 * d + d * m + m + m * d + d
-        return NORM_MACS_PER_ELEMENT * n * d + 2 * n * d * m
+        return self._formula(0, 0, 0, m) - self.base
 
-    def block(self, h: Number, q: Number, v: Number, m: Number, a: Number, b: Number) -> Tensor:
-        """One block: ``a * attn + b * mlp``; a part with zero width or gate costs nothing."""
-        a, b = _f64(a), _f64(b)
-        out = torch.zeros((), dtype=torch.float64)
+    def block(
+        self, h: Number, q: Number, v: Number, m: Number, a: Number, b: Number, g: Number = 1.0
+    ) -> Tensor:
+        """One block: ``g * base + a * attn + b * mlp``; a zero-width part costs nothing."""
+        # Every term on the inputs' device: an empty block's cost must stack with the others
+        # under CUDA (it used to be a CPU zero).
+        dev = next((x.device for x in (h, q, v, m, a, b, g) if isinstance(x, Tensor)), None)
+        a, b, g = _f64(a, dev), _f64(b, dev), _f64(g, dev)
+        out = g * self.base
         # Skip the terms of zero-width parts rather than evaluating them at 0: the latency table
         # may extrapolate to a non-zero (even negative) value there. A gate at 0 multiplies an
         # exact finite cost by 0, which keeps the budget's gradient on that gate.
@@ -96,29 +117,17 @@ class ResourceModel:
             out = out + b * self.mlp(m)
         return out
 
-    def block_float(self, h: int, q: int, v: int, m: int) -> float:
-        """Exact cost of one hard block from integer widths (a fast path for projections)."""
+    def block_float(self, h: int, q: int, v: int, m: int, skip: bool = False) -> float:
+        """Exact cost of one hard block from integer widths (integer arithmetic: fast, exact)."""
+        if skip:
+            return 0.0
         if self.metric is Metric.LATENCY:
             return float(self.block(h, q, v, m, 1.0, 1.0))
-        n, d = self.spec.num_tokens, self.spec.embed_dim
-        out = 0
-        if h > 0:
-            width = h * (2 * q + v)
-            if self.metric is Metric.PARAMS:
-                out += 3 * d + d * width + (width if self.spec.qkv_bias else 0) + h * v * d
-            else:
-                out += NORM_MACS_PER_ELEMENT * n * d + n * d * width + h * n * n * (q + v)
-                out += n * h * v * d
-        if m > 0:
-            if self.metric is Metric.PARAMS:
-                out += 3 * d + 2 * d * m + m
-            else:
-                out += NORM_MACS_PER_ELEMENT * n * d + 2 * n * d * m
-        return float(out)
+        return float(self._formula(h, q if h else 0, v if h else 0, m))
 
     def block_spec(self, b: BlockSpec) -> float:
         """Exact cost of one hard block."""
-        return float(self.block(b.heads, b.qk_dim, b.v_dim, b.mlp_dim, 1.0, 1.0))
+        return self.block_float(b.heads, b.qk_dim, b.v_dim, b.mlp_dim, b.skip)
 
     def total(self, blocks: list[Tensor]) -> Tensor:
         """R from per-block costs."""
@@ -129,7 +138,7 @@ class ResourceModel:
         return self.fixed + sum(self.block_spec(b) for b in spec.blocks)
 
 
-def _f64(x: Number) -> Tensor:
+def _f64(x: Number, device: torch.device | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x.to(torch.float64)
-    return torch.tensor(float(x), dtype=torch.float64)
+    return torch.tensor(float(x), dtype=torch.float64, device=device)

@@ -283,9 +283,10 @@ class StructureMap:
     def part_params(self, block: int, kind: Kind, names: Sequence[str]) -> list[str]:
         """Of ``names`` (parameter names), those the whole part ``kind`` of ``block`` owns."""
         pre = f"blocks.{block}."
-        return [
-            n for n in names if n.startswith(pre) and n[len(pre) :].startswith(PART_PARAMS[kind])
-        ]
+        owned = PART_PARAMS[kind]
+        if self.spec.post_norm and kind is not Kind.BLOCK:  # a removed branch leaves its norm
+            owned = tuple(p for p in owned if not p.startswith("norm"))
+        return [n for n in names if n.startswith(pre) and n[len(pre) :].startswith(owned)]
 
     def block_axes(self, block: int) -> list[Axis]:
         """The block-structured axes of block ``block``'s parameters."""

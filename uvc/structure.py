@@ -123,6 +123,7 @@ class HardBlock:
     mlp: int
     attn_on: bool = True
     mlp_on: bool = True
+    block_on: bool = True  # False: the whole-block gate skips it (post-norm: its norms go too)
 
 
 class Structure(nn.Module):
@@ -253,6 +254,9 @@ def keep_from_hard(spec: ViTSpec, scores: list[BlockScores], hard: list[HardBloc
     """The keep-set of integer decisions: the highest-scoring groups of each kept width."""
     out = []
     for b, sc, hb in zip(spec.blocks, scores, hard, strict=True):
+        if not hb.block_on and spec.post_norm:
+            out.append(BlockKeep((), (), (), (), skip=True))
+            continue
         mlp = _top(sc.mlp, hb.mlp) if (b.mlp_dim and hb.mlp_on) else ()
         if not (b.heads and hb.attn_on):
             out.append(BlockKeep((), (), (), mlp))

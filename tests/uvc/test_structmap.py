@@ -13,13 +13,21 @@ from uvc.model import ViT
 from uvc.spec import BlockSpec, ViTSpec
 from uvc.structmap import BLOCK_KINDS, PART_KINDS, Kind, StructureMap
 
+# Spec v2 variants the map must hold for: post-norm + ReLU (nn.TransformerEncoderLayer), layer
+# scale with no_embed_class (DeiT-III), registers.
+VARIANTS: list[dict[str, object]] = [
+    {},
+    {"norm_placement": "post", "act": "relu", "norm_eps": 1e-5},
+    {"layer_scale": True, "no_embed_class": True, "reg_tokens": 2},
+]
 
-def _random_spec(rng: random.Random) -> ViTSpec:
+
+def _random_spec(rng: random.Random, **variant: object) -> ViTSpec:
     blocks = tuple(
         BlockSpec(rng.randint(2, 4), rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 40))
         for _ in range(3)
     )
-    return ViTSpec(img_size=16, patch_size=8, embed_dim=24, num_classes=5, blocks=blocks)
+    return ViTSpec(img_size=16, patch_size=8, embed_dim=24, num_classes=5, blocks=blocks, **variant)  # type: ignore[arg-type]
 
 
 def _without(spec: ViTSpec, block: int, kind: Kind, unit: int) -> KeepSet:
@@ -74,11 +82,13 @@ def _zero_unit(model: ViT, block: int, kind: Kind, unit: int) -> ViT:
     return model
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(len(VARIANTS)))
 @pytest.mark.parametrize("kind", [*BLOCK_KINDS, *PART_KINDS])
 def test_zeroing_a_unit_equals_removing_it(seed: int, kind: Kind) -> None:
     rng = random.Random(seed * 31 + len(kind.value))
-    spec = _random_spec(rng)
+    spec = _random_spec(rng, **VARIANTS[seed])
+    if kind is Kind.BLOCK and spec.post_norm:
+        pytest.skip("a skipped post-norm block is the identity, not zeroed weights: see below")
     torch.manual_seed(seed)
     model = ViT(spec).eval()
     for p in model.parameters():  # non-trivial biases and norms
@@ -138,3 +148,26 @@ def test_embedding_channels_materialize_to_the_cost_model() -> None:
     assert out.shape == (2, spec.num_classes) and torch.isfinite(out).all()
     with pytest.raises(Exception, match="masked forward"):
         hard_masks(spec, keep)
+
+
+def test_a_skipped_post_norm_block_is_the_identity_and_costs_nothing() -> None:
+    from uvc.cost import macs, params
+    from uvc.resource import ResourceModel
+
+    spec = _random_spec(random.Random(5), norm_placement="post", act="relu")
+    keep = list(full_keep(spec))
+    keep[1] = BlockKeep((), (), (), (), skip=True)
+    keep[2] = BlockKeep((), (), (), ())  # both branches removed: x <- LN(LN(x)) stays
+    keep = KeepSet(keep)
+    model = ViT(spec).eval()
+    dense = materialize(model, keep).eval()
+    assert dense.spec.blocks[1].skip and not dense.spec.blocks[2].skip
+    assert sum(p.numel() for p in dense.blocks[1].parameters()) == 0
+    assert sum(p.numel() for p in dense.blocks[2].parameters()) == 4 * spec.embed_dim  # 2 norms
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), masked(model, hard_masks(spec, keep)):
+        want = model(x)
+    assert (dense(x) - want).abs().max().item() <= 1e-5
+    for metric, count in (("macs", macs), ("params", params)):
+        res = ResourceModel(spec, metric)
+        assert res.of_spec(dense.spec) == count(dense.spec)
