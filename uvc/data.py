@@ -46,6 +46,8 @@ class DataConfig:
         seed: seed of the shuffling order and of the random transforms.
         mixup: timm Mixup alpha (0: off); targets become soft.
         cutmix: timm CutMix alpha (0: off); targets become soft.
+        mean: per-channel mean of folder images (a model's own: ``ViTSpec.preprocess``).
+        std: per-channel normalisation std of folder images.
     """
 
     data: str = DIGITS
@@ -56,6 +58,8 @@ class DataConfig:
     seed: int = 0
     mixup: float = 0.0
     cutmix: float = 0.0
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.batch_size <= 0:
@@ -196,14 +200,19 @@ class FolderDataset(Dataset):
         return self.transform(img), target
 
 
-def folder_transforms(img_size: int) -> tuple[Callable, Callable]:
-    """timm's train (random-resized-crop, flip) and eval (resize, center-crop) transforms."""
+def folder_transforms(
+    img_size: int, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD
+) -> tuple[Callable, Callable]:
+    """timm's train (random-resized-crop, flip) and eval (resize, center-crop) transforms.
+
+    ``mean``/``std``: the model's own statistics (``ViTSpec.preprocess``) where it records them.
+    """
     from timm.data import create_transform
 
     size = (3, img_size, img_size)
-    train = create_transform(size, is_training=True, mean=MEAN, std=STD)
+    train = create_transform(size, is_training=True, mean=mean, std=std)
     # crop_pct 1: small images (CIFAR's 32 px) lose too much to a center crop.
-    val = create_transform(size, is_training=False, mean=MEAN, std=STD, crop_pct=1.0)
+    val = create_transform(size, is_training=False, mean=mean, std=std, crop_pct=1.0)
     return train, val
 
 
@@ -212,7 +221,7 @@ def folder_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
     root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    t_train, t_val = folder_transforms(cfg.img_size)
+    t_train, t_val = folder_transforms(cfg.img_size, cfg.mean, cfg.std)
     if (root / "train").is_dir():
         val_root = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
         if val_root is None:
