@@ -122,3 +122,68 @@ def test_latency_table_refuses_mismatch_and_garbage():
         _table().model_ms(ViTSpec.uniform(2, 64, 2, img_size=32, patch_size=8, num_classes=10))
     with pytest.raises(SpecError, match="not a uvc-latency-lut"):
         LatencyTable.from_dict({"format": "x"})
+
+
+# --- spec v2 ------------------------------------------------------------------------------------
+
+V2_BLOCKS = (
+    BlockSpec(3, 5, 7, 0),
+    BlockSpec(0, 0, 0, 33),
+    BlockSpec(0, 0, 0, 0),  # post-norm: both norms remain
+    BlockSpec(0, 0, 0, 0, skip=True),  # skipped: nothing remains
+    BlockSpec(2, 8, 8, 16),
+)
+V2_VARIANTS = [
+    {"norm_placement": "post", "act": "relu", "fc_norm": True},
+    {"layer_scale": True, "reg_tokens": 2, "no_embed_class": True, "act": "quick_gelu"},
+    {"dist_token": True, "dist_head": False, "final_norm": False, "act": "gelu_tanh"},
+    {
+        "norm_placement": "post",
+        "layer_scale": True,
+        "dist_token": True,
+        "fc_norm": True,
+        "final_norm": True,
+    },
+    {"class_token": False, "pool": "avg", "reg_tokens": 1, "norm_placement": "post"},
+]
+
+
+@pytest.mark.parametrize("variant", V2_VARIANTS)
+def test_v2_cost_matches_fvcore_and_parameter_count(variant):
+    spec = tiny_spec(blocks=V2_BLOCKS, **variant)
+    model = ViT(spec).eval().set_fused_attn(False)
+    reference = fvcore_macs(model, torch.randn(1, 3, 32, 32))
+    assert macs(spec) == reference  # exact: every op fvcore counts is in the formula
+    assert params(spec) == sum(p.numel() for p in model.parameters())
+
+
+def test_post_norm_removed_branches_still_cost_their_norm():
+    from uvc.cost import NORM_MACS_PER_ELEMENT, block_macs, block_params
+
+    n, d = 17, 32
+    ln = NORM_MACS_PER_ELEMENT * n * d
+    assert block_macs(BlockSpec(0, 0, 0, 16), n, d, post_norm=True).norms == 2 * ln
+    assert block_macs(BlockSpec(0, 0, 0, 16), n, d).norms == ln
+    assert block_macs(BlockSpec(0, 0, 0, 0, skip=True), n, d, post_norm=True).total == 0
+    assert block_params(BlockSpec(0, 0, 0, 0), d, post_norm=True) == 4 * d
+    assert (
+        block_params(BlockSpec(2, 8, 8, 16), d, layer_scale=True)
+        == block_params(BlockSpec(2, 8, 8, 16), d) + 2 * d
+    )
+
+
+def test_block_formulas_take_fractional_widths():
+    """The resource model evaluates the same formulas at soft (float or tensor) widths."""
+    from types import SimpleNamespace
+
+    from uvc.cost import block_macs, block_params
+
+    soft = SimpleNamespace(heads=2.5, qk_dim=6.0, v_dim=7.5, mlp_dim=20.25)
+    hard = BlockSpec(2, 6, 7, 20)
+    assert block_macs(soft, 17, 32).total > block_macs(hard, 17, 32).total
+    t = SimpleNamespace(
+        heads=torch.tensor(2.5, requires_grad=True), qk_dim=6.0, v_dim=7.5, mlp_dim=20.25
+    )
+    total = block_macs(t, 17, 32, post_norm=True).total + block_params(t, 32, post_norm=True)
+    total.backward()
+    assert t.heads.grad > 0

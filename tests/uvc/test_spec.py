@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.helpers import TIMM_MODELS, tiny_spec
 from uvc.errors import SpecError
@@ -124,3 +125,80 @@ def torch_meta():
     import torch
 
     return torch.device("meta")
+
+
+# --- format 2 ----------------------------------------------------------------------------------
+
+
+def test_v2_fields_round_trip(tmp_path):
+    from uvc.preprocess import Preprocess
+
+    spec = tiny_spec(
+        blocks=(BlockSpec(2, 8, 8, 16), BlockSpec(0, 0, 0, 0, skip=True)),
+        norm_placement="post",
+        act="quick_gelu",
+        layer_scale=True,
+        reg_tokens=3,
+        no_embed_class=True,
+        fc_norm=True,
+        final_norm=True,
+        dist_token=True,
+        dist_head=False,
+        preprocess=Preprocess(mean=(0.1, 0.2, 0.3), std=(1, 2, 3), resize=36, crop=32),
+    )
+    again = ViTSpec.load(spec.save(tmp_path / "spec.json"))
+    assert again == spec
+    assert again.preprocess.std == (1.0, 2.0, 3.0) and again.blocks[1].skip
+    assert spec.num_prefix_tokens == 5 and spec.pos_embed_len == spec.num_patches
+    assert spec.num_heads_out == 1
+
+
+def test_format_1_files_still_load():
+    v1 = tiny_spec().to_dict()
+    for key in ("norm_placement", "act", "layer_scale", "reg_tokens", "no_embed_class"):
+        v1.pop(key)
+    for key in ("final_norm", "dist_head", "preprocess"):
+        v1.pop(key)
+    v1["format_version"] = 1
+    v1["blocks"] = [
+        {k: b[k] for k in ("heads", "qk_dim", "v_dim", "mlp_dim")} for b in v1["blocks"]
+    ]
+    spec = ViTSpec.from_dict(v1)
+    assert spec == tiny_spec() and spec.final_norm and spec.preprocess is None
+    # Format 1's rule: fc_norm replaces the final norm.
+    assert ViTSpec.from_dict({**v1, "fc_norm": True, "pool": "avg"}).final_norm is False
+    with pytest.raises(SpecError, match="format-2 field"):
+        ViTSpec.from_dict({**v1, "act": "relu"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"act": "swish"}, "act must be one of"),
+        ({"norm_placement": "sandwich"}, "norm_placement must be one of"),
+        ({"reg_tokens": -1}, "reg_tokens"),
+        ({"preprocess": {"mean": [0.5], "std": [0.5]}}, "channel statistics"),
+        ({"preprocess": {"mean": [0.5] * 3, "std": [0, 1, 1]}}, "std must be > 0"),
+        ({"preprocess": {"mean": [0.5] * 3, "std": [1] * 3, "crop": 0}}, "crop"),
+        ({"preprocess": {"interpolation": "magic"}}, "interpolation"),
+    ],
+)
+def test_invalid_v2_fields(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(**kwargs)
+
+
+def test_skip_needs_an_empty_block():
+    with pytest.raises(SpecError, match="skipped block"):
+        BlockSpec(2, 8, 8, 0, skip=True)
+
+
+def test_eval_transform_uses_the_model_statistics():
+    from PIL import Image
+
+    from uvc.preprocess import Preprocess, eval_transform
+
+    pre = Preprocess(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), resize=40, crop=32)
+    x = eval_transform(pre, 32)(Image.new("RGB", (48, 48), (255, 255, 255)))
+    assert x.shape == (3, 32, 32)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 3.0, 1.0]), atol=1e-6)
