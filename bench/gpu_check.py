@@ -107,7 +107,8 @@ def probe(out: Path) -> str:
     import importlib.metadata as md
 
     import torch
-    from uvc.bench.runners import compile_toolchain_problem, ort_install_problem
+    from uvc.bench.ort_runner import ort_install_problem
+    from uvc.bench.runners import compile_toolchain_problem
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -240,7 +241,8 @@ def image_check(kind: str, expect_trt: str = EXPECT_TRT) -> list[str]:
     present, one ONNX Runtime installed, and a C compiler plus Python headers for Triton.
     cpu: a C++ compiler plus Python headers for inductor.
     """
-    from uvc.bench.runners import compile_toolchain_problem, ort_install_problem
+    from uvc.bench.ort_runner import ort_install_problem
+    from uvc.bench.runners import compile_toolchain_problem
 
     problems = []
     toolchain = compile_toolchain_problem(on_cuda=kind == "gpu")

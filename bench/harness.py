@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from uvc.bench.ort_runner import OrtRunner, ort_install_problem
 from uvc.bench.report import BenchResult, Row, fill_efficiency
 from uvc.bench.runners import (
     Backend,
-    OrtRunner,
     Precision,
     Runner,
     RunnerConfig,
     TorchRunner,
     TrtEngineRunner,
-    ort_install_problem,
 )
 from uvc.bench.stats import paired_speedup
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples

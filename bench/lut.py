@@ -9,7 +9,7 @@ norm, head) are measured once as a model whose only block is empty. The table is
 Backends: the PyTorch runners (eager, compile, cudagraph) time the modules themselves; ``ort``
 times them as the deployed graph runs them: every sub-layer (and the fixed parts, and each checked
 whole model) is exported to its own ONNX graph with the exporter ``uvc export`` uses, then run by
-ONNX Runtime with the benchmark's session settings (``uvc.bench.runners.OrtRunner``).
+ONNX Runtime with the benchmark's session settings (``uvc.bench.ort_runner.OrtRunner``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from uvc.bench.runners import Backend, OrtRunner, Precision, Runner, RunnerConfig, TorchRunner
+from uvc.bench.ort_runner import OrtRunner
+from uvc.bench.runners import Backend, Precision, Runner, RunnerConfig, TorchRunner
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
 from uvc.cost import LUT_FORMAT, LUT_VERSION, LatencyTable

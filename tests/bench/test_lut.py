@@ -132,8 +132,9 @@ def test_ort_table_times_exported_graphs(tmp_path: Path) -> None:
     assert loaded.meta["backend"] == "ort" and loaded.fixed_ms > 0
     assert bool((loaded.attn_ms >= 0).all()) and bool((loaded.mlp_ms >= 0).all())
     assert err is not None and all(m > 0 for m in err.measured_ms)
-    assert table.model_ms(err_spec := random_specs(config.spec, 1)[0]) > table.fixed_ms
-    assert err_spec.depth == config.spec.depth
+    # Sub-layers are >= 0 after the overhead is taken out (clamped: on a loaded machine a tiny
+    # sub-layer can time below the overhead probe), so a model predicts at least its fixed parts.
+    assert table.model_ms(random_specs(config.spec, 1)[0]) >= table.fixed_ms
     # The overhead probe exports and runs like any sub-layer: one (batch, dim) output per call.
     import onnxruntime as ort
 

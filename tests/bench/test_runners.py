@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from uvc.bench.ort_runner import OrtRunner
 from uvc.bench.runners import (
     Backend,
     InputError,
-    OrtRunner,
     Precision,
     RunnerConfig,
     TorchRunner,
@@ -137,7 +137,7 @@ def test_ort_fp16_graph_is_fed_its_own_io_dtype(tiny_model: ViT, tiny_onnx: Path
 
 def test_ort_fallback_to_another_provider_is_refused(tiny_onnx: Path) -> None:
     import onnxruntime as ort
-    from uvc.bench.runners import create_session
+    from uvc.bench.ort_runner import create_session
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this ONNX Runtime has the CUDA provider: no fallback to provoke here")
@@ -149,7 +149,7 @@ def test_ort_fallback_to_another_provider_is_refused(tiny_onnx: Path) -> None:
 
 
 def test_ort_provider_options() -> None:
-    from uvc.bench.runners import ort_provider_options
+    from uvc.bench.ort_runner import ort_provider_options
 
     assert ort_provider_options("CPUExecutionProvider", 0) == {}
     assert ort_provider_options("CUDAExecutionProvider", 1) == {"device_id": "1"}
@@ -173,7 +173,7 @@ def test_ort_provider_options() -> None:
 
 
 def test_onnxruntime_and_onnxruntime_gpu_together_are_reported() -> None:
-    from uvc.bench.runners import ort_install_problem
+    from uvc.bench.ort_runner import ort_install_problem
 
     both = ort_install_problem({"onnxruntime": "1.20.0", "onnxruntime-gpu": "1.21.0"})
     assert both is not None and "share one folder" in both and "pip uninstall" in both
