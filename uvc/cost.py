@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
+import types
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -318,3 +320,16 @@ def _interp(values: Tensor, grids: tuple[tuple[float, ...], ...], xs: tuple[Tens
         t = (x.to(out.dtype) - lo) / (hi - lo)
         out = out[i - 1] * (1 - t) + out[i] * t
     return out
+
+
+# ``uvc.cost`` is both this module and the API's ``uvc.cost(model_or_spec)``: once the submodule is
+# imported, the package attribute *is* the module, so the module itself is made callable.
+class _CallableModule(types.ModuleType):
+    def __call__(self, target: Any) -> ModelCost:
+        """``uvc.cost(model_or_spec_or_path)``: see ``uvc.api.cost``."""
+        from uvc.api import cost as cost_of
+
+        return cost_of(target)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -24,6 +24,7 @@ from uvc.data import seed_epoch
 from uvc.dist import DistInfo, all_reduce_mean, barrier
 from uvc.distill import DistillLoss
 from uvc.errors import CheckpointError, UvcError
+from uvc.loaders import epoch_length
 from uvc.model import ViT
 from uvc.optim import param_groups
 from uvc.schedules import cosine_lr
@@ -48,6 +49,8 @@ class FinetuneConfig:
         ckpt_name: checkpoint file name in the output folder.
         stage: name recorded in the run log ("finetune", "teacher").
         progress: show tqdm progress bars (rank 0).
+        steps_per_epoch: batches per epoch for a loader without ``len`` (None: ``len``, or one
+            counting pass over the loader).
     """
 
     epochs: int = 10
@@ -61,6 +64,7 @@ class FinetuneConfig:
     ckpt_name: str = "finetune.pt"
     stage: str = "finetune"
     progress: bool = True
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.amp is not None:
@@ -160,7 +164,7 @@ def finetune(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = epoch_length(train_loader, cfg.steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     distilled = model.spec.dist_token
@@ -168,12 +172,14 @@ def finetune(
     acc = float(history[-1]["acc"]) if history else 0.0
     for epoch in range(start, cfg.epochs):
         seed_epoch(cfg.seed, epoch)
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         net.train()
         t0, loss_sum, n = time.time(), 0.0, 0
         bar = _bar(train_loader, cfg, dist, f"{cfg.stage} {epoch + 1}/{cfg.epochs}")
         for i, (x, y) in enumerate(bar):
+            if i >= steps_per_epoch:
+                break  # a loader longer than announced keeps the schedule's length
             step = epoch * steps_per_epoch + i
             lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
             for g in opt.param_groups:

@@ -31,9 +31,10 @@ from torch import Tensor, nn
 from uvc.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
-from uvc.errors import DataError, UvcError
+from uvc.errors import UvcError
 from uvc.finetune import evaluate
 from uvc.keep import KeepSet, embed_of, hard_masks, masked, spec_after
+from uvc.loaders import epoch_length
 from uvc.methods import Method, build_method
 from uvc.model import ViT
 from uvc.primal_dual import SearchConfig
@@ -172,22 +173,6 @@ def run_search(
         run.end_epoch(epoch, val_loader, per_epoch)
     bar.close()
     return run.finish()
-
-
-def epoch_length(loader: Iterable[Any], hint: int | None = None) -> int:
-    """Batches per epoch: ``hint``, else ``len(loader)``, else one counting pass over it."""
-    if hint is not None:
-        if hint < 1:
-            raise DataError(f"steps_per_epoch must be >= 1, got {hint}")
-        return hint
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        logger.info("the training loader has no len(): counting its batches once")
-        n = sum(1 for _ in loader)
-    if n == 0:
-        raise DataError("the training loader yields no batches")
-    return n
 
 
 class _Run:

@@ -1,0 +1,378 @@
+"""The Python API for users' own training code: ``uvc.compress`` and friends.
+
+``compress`` runs the same stages as ``uvc train`` (search with the chosen method, materialization,
+dense fine-tune with distillation) on a model and loaders the caller already has. Its settings are
+``uvc train``'s options with the same names and the same defaults: they are read from
+``uvc.pipeline.config.TrainConfig``, the one place they live.
+
+This module sits above the core (it joins ``uvc`` training and ``uvc.export``), like the pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uvc.errors import UvcError
+from uvc.keep import KeepSet
+from uvc.model import ViT
+from uvc.spec import ViTSpec
+
+log = logging.getLogger("uvc.api")
+
+# ``uvc train`` options that ``compress`` takes as keyword settings (data, model, teacher and
+# output folder are its positional arguments instead).
+SETTINGS = (
+    "search_epochs",
+    "warmup_epochs",
+    "finetune_epochs",
+    "lr",
+    "importance",
+    "per_head_v",
+    "align",
+    "kd",
+    "alpha",
+    "tau",
+    "label_smoothing",
+    "lut",
+    "amp",
+    "device",
+    "seed",
+    "progress",
+)
+
+
+@dataclass
+class CompressResult:
+    """What ``compress`` produced.
+
+    Args:
+        model: the dense compressed model (a ``uvc`` ViT, physically smaller, eval mode).
+        spec: its architecture; ``keep``: which units of the original it kept.
+        accuracy_before / accuracy_after: top-1 (%) on the validation loader (None without one).
+        macs_before / macs_after / params_before / params_after: per image, from ``uvc.cost``.
+        cost_searched: the budget metric's ratio the method reached before its final rounding.
+        cost_final: the same ratio for ``spec``.
+        history: every log record (search steps and epochs, fine-tune epochs).
+    """
+
+    model: ViT
+    spec: ViTSpec
+    keep: KeepSet
+    accuracy_before: float | None
+    accuracy_after: float | None
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    cost_searched: float
+    cost_final: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def as_vit(model: nn.Module, **hints: Any) -> ViT:
+    """``model`` as a ``uvc`` ViT: itself, or converted with measured parity (``uvc.adapters``)."""
+    if isinstance(model, ViT):
+        return model
+    from uvc.adapters import from_module
+
+    return from_module(model, **hints)
+
+
+def compress(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    budget: float = 0.5,
+    metric: str = "macs",
+    method: str = "uvc",
+    teacher: nn.Module | None = None,
+    *,
+    out: str | Path | None = None,
+    steps_per_epoch: int | None = None,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> CompressResult:
+    """Compress ``model`` to ``budget`` of its ``metric`` and fine-tune the dense result.
+
+    Args:
+        model: a ``uvc`` ViT or a model ``uvc.adapters`` converts (timm ``VisionTransformer``,
+            torchvision, Hugging Face, ``nn.TransformerEncoder`` ViTs; parity is checked).
+        train_loader / val_loader: any iterables of ``(images, labels)``; no ``len`` needed
+            (an ``IterableDataset`` works). Without a validation loader no accuracy is reported.
+        budget: fraction of the metric to keep, in (0, 1].
+        metric: ``macs``, ``params`` or ``latency`` (needs ``lut=``).
+        method: ``uvc`` (primal-dual search) or ``uniform`` (the naive baseline).
+        teacher: the distillation teacher (default: a frozen copy of the uncompressed model).
+        out: a folder for checkpoints (``search.pt``, ``finetune.pt``): rerunning with the same
+            folder resumes. None keeps everything in memory.
+        steps_per_epoch: batches per epoch for loaders without ``len`` (else counted once).
+        log_fn: receives every log record.
+        **settings: ``uvc train``'s options by name, e.g. ``search_epochs=10``, ``lr=1e-3``,
+            ``kd="soft"``, ``align=8``, ``device="cuda"`` (see ``SETTINGS``).
+
+    Raises:
+        UvcError: a setting is unknown or out of range, or the model cannot be converted.
+    """
+    from uvc.cost import macs, params
+    from uvc.pipeline.config import TrainConfig
+
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise UvcError(f"unknown setting(s) {unknown}; compress takes {', '.join(SETTINGS)}")
+    try:
+        cfg = TrainConfig(budget=budget, metric=metric, method=method, **settings)
+    except (TypeError, ValueError) as exc:
+        raise UvcError(str(exc)) from None
+    from uvc.dist import init_distributed
+
+    dist, device = init_distributed(cfg.device)
+    student = as_vit(model)
+    torch.manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+
+    def record(rec: dict[str, Any]) -> None:
+        history.append(rec)
+        if log_fn is not None:
+            log_fn(rec)
+
+    if teacher is None:
+        teacher = copy.deepcopy(student)
+    original = student.spec
+    from uvc.finetune import evaluate
+
+    before = None if val_loader is None else evaluate(student.to(device), val_loader, device)
+    stages = compress_stages(
+        copy.deepcopy(student), teacher, train_loader, val_loader, cfg,
+        Path(out) if out is not None else None, device=device, dist=dist, log=record,
+        steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    dense, search, after = stages
+    return CompressResult(
+        model=dense.cpu().eval(),
+        spec=dense.spec,
+        keep=search.keep,
+        accuracy_before=before,
+        accuracy_after=after if val_loader is not None else None,
+        macs_before=macs(original),
+        macs_after=macs(dense.spec),
+        params_before=params(original),
+        params_after=params(dense.spec),
+        cost_searched=search.cost_searched,
+        cost_final=search.cost_final,
+        history=history,
+    )
+
+
+def compress_stages(
+    student: ViT,
+    teacher: nn.Module | None,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    cfg: Any,
+    out: Path | None,
+    *,
+    device: torch.device,
+    dist: Any,
+    log: Callable[[dict[str, Any]], None] | None,
+    steps_per_epoch: int | None = None,
+    mixup: Callable | None = None,
+) -> tuple[ViT, Any, float]:
+    """Search -> materialize -> fine-tune: the stages ``compress`` and ``uvc train`` share.
+
+    ``cfg`` is a ``TrainConfig``. Returns the dense fine-tuned model, the ``SearchResult`` and
+    the final top-1 (%) (0.0 without a validation loader). Every stage resumes from ``out``.
+    """
+    from uvc.distill import DistillConfig, DistillLoss
+    from uvc.export.materialize import materialize
+    from uvc.finetune import finetune
+    from uvc.search import run_search
+
+    loss_fn = DistillLoss(DistillConfig(cfg.kd, cfg.alpha, cfg.tau, cfg.label_smoothing))
+    search = run_search(
+        student.to(device), teacher, train_loader, val_loader, loss_fn, search_config(cfg),
+        out if dist.is_main else None, device=device, dist=dist,
+        resume=out is not None and (out / "search.pt").is_file(),
+        log=_tagged(log, "search"), steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    dense = materialize(search.model, search.keep)
+    if dense.spec != search.spec:
+        raise UvcError("internal: the materialized spec differs from the searched spec")
+    result = finetune(
+        dense, teacher, train_loader, val_loader if val_loader is not None else [], loss_fn,
+        finetune_config(cfg, "finetune", cfg.finetune_epochs, steps_per_epoch), out,
+        device=device, dist=dist, resume=True, log_fn=log, mixup=mixup,
+    )  # fmt: skip
+    return result.model, search, result.accuracy
+
+
+def search_config(cfg: Any) -> Any:
+    """The search stage's ``SearchConfig`` of a ``TrainConfig``."""
+    from uvc.search import SearchConfig
+
+    wanted = {
+        "method": getattr(cfg, "method", "uvc"),
+        "budget": cfg.budget,
+        "metric": cfg.metric,
+        "lut": cfg.lut,
+        "epochs": cfg.search_epochs,
+        "warmup_epochs": cfg.warmup_epochs,
+        "lr": cfg.lr,
+        "importance": cfg.importance,
+        "per_head_v": cfg.per_head_v,
+        "align": cfg.align,
+        "amp": cfg.amp,
+        "seed": cfg.seed,
+        "progress": cfg.progress,
+    }
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in wanted.items() if k in names})
+
+
+def finetune_config(cfg: Any, stage: str, epochs: int, steps_per_epoch: int | None = None) -> Any:
+    """A dense stage's ``FinetuneConfig`` (the teacher stage or the fine-tune) of a TrainConfig."""
+    from uvc.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        epochs=epochs,
+        warmup_epochs=min(1.0, epochs),
+        lr=cfg.lr,
+        amp=cfg.amp,
+        seed=cfg.seed,
+        ckpt_name=f"{stage}.pt",
+        stage=stage,
+        progress=cfg.progress,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _tagged(
+    log: Callable[[dict[str, Any]], None] | None, stage: str
+) -> Callable[[dict[str, Any]], None] | None:
+    if log is None:
+        return None
+    stage_of = getattr(log, "stage", None)  # a RunLog tags records itself
+    if callable(stage_of):
+        return stage_of(stage)
+    return lambda rec: log({"stage": stage, **rec})
+
+
+# --- the rest of the package face: thin, typed wrappers over the library ------------------------
+
+
+def load(target: str | Path, weights: str | Path | None = None) -> ViT:
+    """A ``uvc`` ViT from a checkpoint, an export folder, a spec JSON or a timm name.
+
+    Args:
+        target: ``final.pt`` / ``model.pt`` / ``uvc convert`` output, an export folder, a spec
+            JSON (random weights) or a timm model name (timm's initialisation; never downloaded).
+        weights: a local weights file for ``target`` (timm/DeiT/uvc formats).
+    """
+    from uvc.source import load_model
+
+    return load_model(target, weights)
+
+
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a ``uvc`` ViT, or one ``as_vit`` converts) as a uvc checkpoint, atomically.
+
+    The spec travels inside, so ``uvc.load``, ``uvc export`` and ``uvc bench`` need nothing else.
+    """
+    from uvc.checkpoint import Checkpoint, save_checkpoint
+
+    vit = as_vit(model)
+    return save_checkpoint(path, Checkpoint(vit.spec, vit.state_dict(), dict(meta or {})))
+
+
+def cost(target: nn.Module | ViTSpec | str | Path) -> Any:
+    """MACs and parameters (``uvc.cost.ModelCost``: ``.macs``, ``.params``, per block) of a
+    model, a spec, or anything ``uvc.load`` takes (only its spec is read)."""
+    from uvc.cost import model_cost
+
+    if isinstance(target, ViTSpec):
+        return model_cost(target)
+    if isinstance(target, nn.Module):
+        return model_cost(as_vit(target).spec)
+    from uvc.source import resolve_spec
+
+    return model_cost(resolve_spec(target))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    atol: float = 1e-4,
+    validate: bool = True,
+) -> Path:
+    """Export ``model`` to one ONNX file with a dynamic batch axis, checked by ``onnx.checker``
+    and (``validate``) compared with PyTorch in ONNX Runtime on batches 1 and 2.
+
+    Raises:
+        ValidationError: the outputs differ by more than ``atol``.
+    """
+    from uvc.errors import ValidationError
+    from uvc.export.onnx import check_onnx, validate_onnx
+    from uvc.export.onnx import export_onnx as _export
+
+    vit = as_vit(model).eval()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export(vit, out, opset=opset)
+    check_onnx(out, opset)
+    if validate:
+        s = vit.spec
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(b, s.in_chans, s.img_size, s.img_size, generator=gen) for b in (1, 2)]
+        report = validate_onnx(vit, out, inputs)
+        if report.max_abs > atol:
+            raise ValidationError(
+                f"{out}: ONNX Runtime differs from PyTorch by {report.max_abs:.2e} > {atol}"
+            )
+    return out
+
+
+def benchmark(
+    models: dict[str, nn.Module | str | Path],
+    *,
+    baseline: str | None = None,
+    backends: tuple[str, ...] = ("eager", "ort"),
+    batch_sizes: tuple[int, ...] = (1, 8),
+    device: str = "cpu",
+    threads: int | None = None,
+    rounds: int = 5,
+) -> Any:
+    """Time ``models`` (label -> model or ``uvc bench`` target) against ``baseline`` (default:
+    the first), round-robin, per backend and batch; returns ``uvc.bench.report.BenchResult``
+    (``.rows`` with latency, speedup and efficiency; ``.to_dict()`` for JSON)."""
+    from uvc.bench.harness import BenchConfig, BenchModel, load_target, run_benchmark
+    from uvc.bench.timer import TimingConfig
+
+    loaded = []
+    for label, m in models.items():
+        if isinstance(m, nn.Module):
+            loaded.append(BenchModel(label, as_vit(m).eval()))
+        else:
+            bm = load_target(m)
+            bm.label = label
+            loaded.append(bm)
+    try:
+        config = BenchConfig(
+            backends=tuple(backends),  # type: ignore[arg-type]
+            batch_sizes=tuple(batch_sizes),
+            device=device,
+            threads=threads or torch.get_num_threads(),
+            timing=TimingConfig(rounds=rounds),
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    return run_benchmark(loaded, config, baseline)
