@@ -2,7 +2,11 @@
 
 A staging folder in the same parent (same filesystem, so the final ``os.replace`` is atomic)
 receives every artifact; only a fully validated export is renamed to ``--out``. An existing
-``--out`` is replaced only when it holds a previous uvc export (``export.json``).
+``--out`` is replaced only when uvc created it (its ``uvc.rundir`` marker says "export") and it
+holds nothing but the files that export wrote: a user's folder is never replaced, whatever its
+files are called (an ``export.json`` of one's own included). Staging folders a killed export left
+behind (``.NAME.tmp-*``, with uvc's staging marker and a dead process) are removed by the next
+export to the same place; nothing else is.
 """
 
 from __future__ import annotations
@@ -15,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from uvc.errors import ExportError
+from uvc.rundir import (
+    MARKER,
+    STAGING,
+    foreign_files,
+    read_marker,
+    remove_own_leftovers,
+    write_marker,
+)
+
+KIND = "export"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -23,24 +37,45 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def check_out(out: Path) -> None:
-    """Refuse an output folder we must not replace: a file, or a folder with foreign content."""
+    """Refuse an output folder we must not replace: a file, or a folder uvc did not write alone."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = read_marker(out)
+    if marker is None or marker["kind"] != KIND:
         raise ExportError(
-            f"--out {out} is not empty and holds no previous uvc export; choose an empty or new "
-            "folder"
+            f"--out {out} is not empty and was not created by uvc export; choose an empty or new "
+            "folder (uvc never replaces a folder of other files)"
+        )
+    files = marker.get("files")
+    own = {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+    foreign = foreign_files(out, own)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ExportError(
+            f"--out {out} holds files uvc export did not write ({shown}); move them out or "
+            "choose another folder"
         )
 
 
 def make_staging(out: Path) -> Path:
-    """A new private folder beside ``out`` (ExportError when the parent is not writable)."""
+    """A new private folder beside ``out`` (ExportError when the parent is not writable).
+
+    Leftovers of killed exports to the same ``out`` are removed first (only uvc's own).
+    """
     parent = out.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        remove_own_leftovers(parent, out.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     except OSError as exc:
         raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
+    try:
+        write_marker(tmp, STAGING)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # mkdtemp makes a private (0700) folder; the final folder should get the usual permissions.
     umask = os.umask(0)
     os.umask(umask)
@@ -58,7 +93,15 @@ def usual_permissions(folder: Path) -> None:
 
 
 def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; a previous export there is replaced whole."""
+    """Rename the finished folder to ``out``; a previous export there is replaced whole.
+
+    ``out`` is checked again (an export takes minutes; a user may have added a file meanwhile),
+    and the finished folder's marker lists the files this export wrote.
+    """
+    check_out(out)
+    files = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+    write_marker(tmp, KIND, files=files)
+    (tmp / MARKER).chmod(0o666 & ~_umask())
     old = None
     try:
         if out.is_dir():
@@ -74,3 +117,9 @@ def move_into_place(tmp: Path, out: Path) -> None:
         raise ExportError(f"cannot write the output folder {out}: {exc.strerror}") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

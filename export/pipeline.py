@@ -172,7 +172,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         summary = _export_into(cfg, model, source, tmp)
         write_json(tmp / "export.json", summary)
         usual_permissions(tmp)
-        files = tuple(sorted(p.name for p in tmp.iterdir()))
+        files = tuple(sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")))
         move_into_place(tmp, cfg.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

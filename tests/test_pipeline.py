@@ -126,15 +126,21 @@ def test_config_validation(kw: dict, match: str) -> None:
 
 
 def test_resume_needs_a_run_folder(tmp_path: Path) -> None:
-    with pytest.raises(UvcError, match=r"no config\.json"):
+    with pytest.raises(UvcError, match=r"holds no uvc run to resume"):
         train(resume=tmp_path)
 
 
 def test_clear_run_removes_only_run_files(tmp_path: Path) -> None:
+    from uvc.rundir import MARKER, RunDirError, write_marker
+
     for name in ("final.pt", "log.jsonl", "mine.txt"):
         (tmp_path / name).write_text("x")
+    with pytest.raises(RunDirError):  # not a folder uvc created: nothing is deleted
+        clear_run(tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3
+    write_marker(tmp_path, "train")
     clear_run(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "mine.txt"]
 
 
 def test_base_model_gets_a_head_for_the_dataset(tmp_path: Path) -> None:

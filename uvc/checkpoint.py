@@ -7,9 +7,11 @@ user-supplied file can never run code.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from uvc.errors import CheckpointError, SpecError
+from uvc.errors import CheckpointError, SpecError, UvcError
 from uvc.spec import ViTSpec
 
 CHECKPOINT_FORMAT = 1
@@ -41,22 +43,46 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class WriteError(UvcError):
+    """A file could not be written (disk full, no permission); the previous version is intact."""
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        # torch.save reports a full disk as a RuntimeError wrapping the OS error's text.
+        if isinstance(exc, OSError) or _is_disk_error(exc):
+            raise WriteError(f"cannot write {path}: {_os_reason(exc)}") from None
         raise
     return path
+
+
+def _is_disk_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "No space left" in text or "file write failed" in text or "unexpected pos" in text
+    )
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on the device"
+        return exc.strerror or str(exc)
+    return "no space left on the device" if "No space left" in str(exc) else str(exc)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -81,12 +107,53 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     return atomic_torch_save(payload, Path(path))
 
 
+def sniff(path: Path) -> str | None:
+    """Why ``path`` cannot be a PyTorch checkpoint, judged from its first bytes (None: it may be).
+
+    ``torch.save`` writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``);
+    anything else (text, JSON, an image, an empty file) is named rather than handed to the
+    unpickler, whose message for it is a bare byte value.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except FileNotFoundError:
+        raise CheckpointError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") or head[0] == 0x80:
+        return None
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "it is a JSON file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:8].hex(' ')}"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"it is a text file starting {first!r}"
+    return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
 def safe_torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``; unsafe or corrupt files raise ``CheckpointError``."""
+    path = Path(path)
+    why = sniff(path)
+    if why is not None:
+        raise CheckpointError(f"not a PyTorch checkpoint: {path} ({why})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"file not found: {path}") from None
+    except MemoryError:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: it claims more memory than there is (corrupt?)"
+        ) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "allowed global" in text or "Unsupported global" in text:
@@ -94,11 +161,17 @@ def safe_torch_load(path: Path) -> Any:
                 f"{path} contains pickled Python objects, which uvc refuses to load because "
                 "loading them could run arbitrary code; re-save it as a plain state dict of tensors"
             ) from None
-        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        reason = (text.split("WeightsUnpickler error:")[-1].strip().splitlines() or ["?"])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    except Exception as exc:
+        # A damaged archive can fail anywhere in torch/zipfile/pickle (RuntimeError, EOFError,
+        # zipfile.BadZipFile, struct.error, TypeError, AttributeError, ...): all mean the same.
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        kind = "corrupt archive" if isinstance(exc, zipfile.BadZipFile) else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (damaged or truncated?): {kind}"
+            + (f": {first}" if first else "")
+        ) from None
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -118,7 +191,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{CHECKPOINT_FORMAT}"
         )
     try:
-        spec = ViTSpec.from_dict(obj["spec"])
-    except (SpecError, KeyError) as exc:
+        spec = check_spec_sane(ViTSpec.from_dict(obj["spec"]))
+    except (SpecError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} holds an invalid spec: {exc}") from None
-    return Checkpoint(spec, obj["state_dict"], obj.get("meta", {}), obj.get("extra", {}))
+    state = obj.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} is damaged: its 'state_dict' is not a dict of tensors")
+    meta, extra = obj.get("meta", {}), obj.get("extra", {})
+    if not isinstance(meta, dict) or not isinstance(extra, dict):
+        raise CheckpointError(f"{path} is damaged: 'meta' and 'extra' must be dicts")
+    return Checkpoint(spec, state, meta, extra)
+
+
+MAX_PARAMS = 2**40  # a trillion parameters: beyond any ViT; a larger spec is damaged
+
+
+def check_spec_sane(spec: ViTSpec) -> ViTSpec:
+    """Compute the spec's token count and cost once: a damaged spec (a flag that is not a bool,
+    an absurd width) fails here with ``SpecError`` instead of deep inside a command."""
+    from uvc.cost import model_cost
+
+    try:
+        cost = model_cost(spec)
+        total = float(cost.params) + float(cost.macs) + float(spec.num_tokens)
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+        raise SpecError(f"malformed spec: {exc}") from None
+    if not total < 2**62 or cost.params > MAX_PARAMS:
+        raise SpecError(f"the spec claims an absurd size ({cost.params:.3g} parameters): damaged?")
+    return spec

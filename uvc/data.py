@@ -177,6 +177,67 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, samples
 
 
+def check_folder(data: str, val_split: float = 0.0, sample: int = 16) -> list[str]:
+    """Check a dataset before any work: layout, classes, and a sample of images that must open.
+
+    Reading every image of a large set is too slow; the first images of up to ``sample`` classes
+    are opened instead, which catches a wrong folder, a folder of non-images and broken files.
+    Returns the class names (``digits``: its ten classes).
+
+    Raises:
+        DataError: the folder is missing, has the wrong layout, or a sampled image is unreadable.
+    """
+    if data == DIGITS:
+        return list(DigitsDataset.classes)
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    if (root / "train").is_dir():
+        val_root = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        if val_root is None:
+            raise DataError(f"{root} has train/ but neither val/ nor test/")
+        classes = _check_classes(root / "train", sample)
+        if _class_names(val_root) != classes:
+            raise DataError(f"{val_root} has different classes than {root / 'train'}")
+        _check_classes(val_root, sample)
+        return classes
+    if val_split <= 0:
+        raise DataError(
+            f"{root} has no train/ and val/ folders: pass --val-split (e.g. 0.1) to hold out "
+            "part of it for validation"
+        )
+    return _check_classes(root, sample)
+
+
+def _class_names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_classes(root: Path, sample: int) -> list[str]:
+    """Every class folder holds an image (the first one found); sampled ones must open."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = _class_names(root)
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    step = max(1, len(classes) // max(1, sample))
+    for i, name in enumerate(classes):
+        first = next(
+            (p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), None
+        )
+        if first is None:
+            raise DataError(
+                f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        if i % step == 0:
+            try:
+                with Image.open(first) as im:
+                    im.convert("RGB")
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise DataError(f"cannot read image {first}: {exc}") from None
+    return classes
+
+
 class FolderDataset(Dataset):
     """ImageFolder samples read lazily; an unreadable image raises ``DataError`` naming its path."""
 

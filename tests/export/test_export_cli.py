@@ -43,7 +43,7 @@ def test_export_spec_with_fp16(tmp_path: Path, spec_json: Path) -> None:
     out = tmp_path / "out"
     code, output = _run(spec_json, "--out", out, "--fp16", "--calib-data", "digits", *FAST)
     assert code == 0, output
-    files = {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir() if p.name != ".uvc-run.json"}
     assert files == {"model.pt", "spec.json", "model.onnx", "model.fp16.onnx", "export.json"}
     assert _leftovers(tmp_path) == []
     summary = json.loads((out / "export.json").read_text())
@@ -87,7 +87,8 @@ def test_search_checkpoint_is_materialized(tmp_path: Path) -> None:
     # Exporting the exported dense checkpoint again replaces the previous export.
     code, output = _run(out / "model.pt", "--out", out, "--no-onnx", *FAST)
     assert code == 0, output
-    assert {p.name for p in out.iterdir()} == {"model.pt", "spec.json", "export.json"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {".uvc-run.json", "model.pt", "spec.json", "export.json"}
     assert _leftovers(tmp_path) == []
 
 
@@ -127,7 +128,7 @@ def test_failure_leaves_previous_export_untouched(tmp_path: Path, spec_json: Pat
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("not_a_checkpoint", "not a readable checkpoint"),
+        ("not_a_checkpoint", "not a PyTorch checkpoint"),
         ("bad_weights", "do not match"),
         ("opset", "opset 16"),
         ("batch_range", "--max-batch"),

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from uvc.cli.app import cli, default_threads, handle_errors, parse_csv
+from uvc.cli.app import cli, default_threads, device_option, handle_errors, parse_csv
 from uvc.errors import UvcError
 
 
@@ -25,7 +25,7 @@ from uvc.errors import UvcError
     help="Comma-separated: eager, compile, cudagraph, ort, ort-trt, trt.",
 )
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option()
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16"]),
@@ -85,6 +85,12 @@ from uvc.errors import UvcError
     show_default=True,
     help="Efficiency = speedup / MACs-reduction factor.",
 )
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Compare models of different input size or classes anyway (speedups are then "
+    "meaningless; a warning says so).",
+)
 @handle_errors
 def bench(
     models: tuple[str, ...],
@@ -105,6 +111,7 @@ def bench(
     plot_path: str | None,
     check: bool,
     min_efficiency: float,
+    allow_mismatch: bool,
 ) -> None:
     """Time MODELs (timm name, spec JSON, checkpoint, export folder) against a baseline.
 
@@ -121,7 +128,9 @@ def bench(
     from uvc.bench.report import check_result, format_table
     from uvc.bench.runners import Backend
     from uvc.bench.timer import TimingConfig
+    from uvc.cli.checks import bench_preflight, resolve_device
 
+    device = resolve_device(device)
     try:
         config = BenchConfig(
             backends=parse_csv(Backend, backends),
@@ -136,8 +145,16 @@ def bench(
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
+    # Everything that can be checked is checked before minutes of timing.
+    bench_preflight(models, baseline, config, json_path, plot_path, allow_mismatch)
     result = bench_targets(models, config, baseline=baseline, weights=weights)
     click.echo(format_table(result))
+    if not any(r.status == "ok" for r in result.rows):
+        first = next((r.status for r in result.rows if r.status != "ok"), "no rows")
+        click.echo(
+            f"error: nothing was measured: every row failed or was skipped ({first})", err=True
+        )
+        sys.exit(1)
     verdicts = check_result(result, min_efficiency) if check else None
     if verdicts is not None:
         result.check = {"min_efficiency": min_efficiency, **verdicts.to_dict()}
@@ -163,7 +180,7 @@ def bench(
 @click.option("--model", help="Take embed width, tokens and grid ends from this model's spec.")
 @click.option("--embed-dim", type=click.IntRange(min=1), help="Without --model: embed width.")
 @click.option("--tokens", type=click.IntRange(min=2), help="Without --model: tokens (e.g. 197).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option()
 @click.option(
     "--backend",
     type=click.Choice(["eager", "compile", "cudagraph", "ort"]),
@@ -214,10 +231,15 @@ def lut(
     uvc lut --model runs/demo/teacher.pt --backend ort --batch 32 --out ort_lut.json
     """
     from uvc.bench.lut import LutConfig, build_lut, default_frame
+    from uvc.cli.checks import check_lut_size, check_writable_file, resolve_device
     from uvc.source import resolve_spec
 
     if model is None and (embed_dim is None or tokens is None):
         raise UvcError("give --model, or both --embed-dim and --tokens")
+    if model is not None and (embed_dim is not None or tokens is not None):
+        raise UvcError("--embed-dim and --tokens come from --model's spec: drop them or --model")
+    device = resolve_device(device)
+    check_writable_file(out, "--out")
     spec = resolve_spec(model) if model else default_frame(embed_dim, tokens)  # type: ignore[arg-type]
     try:
         config = LutConfig.for_spec(
@@ -230,6 +252,7 @@ def lut(
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
+    check_lut_size(spec, batch, device, check_specs)
     table, err = build_lut(config, out, check_specs)
     click.echo(
         f"wrote {out}: fixed {table.fixed_ms:.3f} ms, full model "

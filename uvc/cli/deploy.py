@@ -18,8 +18,9 @@ from uvc.cli.app import cli, handle_errors, parse_csv
 def inspect(target: str, as_json: bool) -> None:
     """Show the MACs and parameters of TARGET, per block and in total.
 
-    TARGET is a timm model name (e.g. deit_small_patch16_224), a spec JSON file or a uvc
-    checkpoint (.pt). MACs are what papers call FLOPs (DeiT-Small: 4.6 G).
+    TARGET is a timm model name (e.g. deit_small_patch16_224), uvc-tiny (built in), a spec JSON
+    file, a uvc checkpoint (.pt) or an export folder. MACs are what papers call FLOPs
+    (DeiT-Small: 4.6 G).
     """
     from uvc.source import resolve_spec
     from uvc.summary import cost_summary, cost_table
@@ -40,7 +41,12 @@ def inspect(target: str, as_json: bool) -> None:
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx; FP16 engine with --trt.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset (at least 17).")
 @click.option("--min-batch", default=1, show_default=True, help="Smallest engine batch.")
-@click.option("--opt-batch", type=int, default=None, help="Engine batch to tune for [8].")
+@click.option(
+    "--opt-batch",
+    type=int,
+    default=None,
+    help="Engine batch to tune for.  [default: 8, within --min-batch..--max-batch]",
+)
 @click.option("--max-batch", default=32, show_default=True, help="Largest engine batch.")
 @click.option("--simplify", is_flag=True, help="Simplify the ONNX graph with onnxslim.")
 @click.option("--atol", default=1e-4, show_default=True, help="Max |logit diff| (FP32).")
@@ -80,8 +86,9 @@ def inspect(target: str, as_json: bool) -> None:
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.
 
-    MODEL is a uvc checkpoint (dense, or a search checkpoint, materialized first), a spec JSON or
-    a timm name (with --weights). Exit 1 when outputs differ beyond tolerance, 2 on bad input.
+    MODEL is a uvc checkpoint (dense, or a search checkpoint, materialized first), a spec JSON,
+    an export folder, uvc-tiny or a timm name (with --weights). Exit 1 when outputs differ
+    beyond tolerance, 2 on bad input.
     """
     from uvc.errors import ValidationError
     from uvc.export.pipeline import ExportConfig, export_model

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from uvc.cli.app import cli, handle_errors
+from uvc.cli.app import (
+    cli,
+    device_option,
+    given_options,
+    handle_errors,
+    one_line,
+    threads_option,
+)
 from uvc.errors import UvcError
+
+# Options a resumed run may take (they do not change its results); any other is refused.
+RESUME_OPTIONS = {"resume", "no_progress", "threads", "device", "workers"}
 
 
 @cli.command()
@@ -155,15 +166,22 @@ from uvc.errors import UvcError
 @click.option(
     "--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Mixed precision (CUDA only)."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@device_option()
+@threads_option()
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader workers.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--resume",
     type=click.Path(file_okay=False),
     default=None,
-    help="Continue the killed run in this folder with its saved settings "
-    "(other options are ignored).",
+    help="Continue the killed run in this folder with its saved settings (only --device, "
+    "--workers, --threads and --no-progress may be given with it).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @handle_errors
@@ -181,29 +199,89 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
     from uvc.pipeline import TrainConfig
     from uvc.pipeline import train as run_train
 
+    threads = options.pop("threads")
     if resume is not None:
-        result = run_train(resume=resume)
+        from uvc.pipeline.stages import check_resumable
+
+        check_resumable(resume)
+        extra = sorted(set(given_options(click.get_current_context())) - RESUME_OPTIONS)
+        if extra:
+            shown = ", ".join("--" + n.replace("_", "-") for n in extra)
+            raise UvcError(
+                f"--resume continues a run with its saved settings; drop {shown} (or start a "
+                "new run in another --out)"
+            )
+        overrides = {"progress": not no_progress}
+        for name in ("device", "workers"):
+            if name in given_options(click.get_current_context()):
+                overrides[name] = options[name]
+        out = resume
+        call: Any = lambda: run_train(resume=resume, overrides=overrides)  # noqa: E731
+        again = f"uvc train --resume {resume}"
     else:
         try:
             cfg = TrainConfig(progress=not no_progress, **options)
         except ValueError as exc:
             raise UvcError(str(exc)) from None
-        result = run_train(cfg)
+        out = cfg.out
+        call = lambda: run_train(cfg)  # noqa: E731
+        again = f"uvc train --resume {cfg.out}"
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = run_interruptible(call, out, again)
     click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")
+    check_budget_met(result.meta)
+
+
+def run_interruptible(call: Any, out: str, again: str) -> Any:
+    """Run ``call``; after Ctrl-C or a failed write, print the command that resumes the run."""
+    from uvc.checkpoint import WriteError
+    from uvc.rundir import is_own
+
+    try:
+        return call()
+    except KeyboardInterrupt:
+        if is_own(out):
+            click.echo(f"interrupted; the run is saved in {out}: resume it with: {again}", err=True)
+        else:
+            click.echo("interrupted before anything was written", err=True)
+        sys.exit(130)
+    except WriteError as exc:
+        raise UvcError(
+            f"{one_line(str(exc))}; earlier checkpoints are intact: free space, then run: {again}"
+        ) from None
+
+
+def check_budget_met(meta: dict[str, Any]) -> None:
+    """Exit 1 (with one line) when the compressed model's MACs/params exceed the budget."""
+    metric, budget = meta.get("metric"), meta.get("budget")
+    if metric not in ("macs", "params") or not isinstance(budget, float | int):
+        return
+    before, after = meta.get(f"{metric}_before"), meta.get(f"{metric}_after")
+    if not before or after is None:
+        return
+    ratio = after / before
+    if ratio > budget * 1.001:
+        click.echo(
+            f"error: the compressed model keeps {ratio:.4f} of the {metric}, above --budget "
+            f"{budget:g}",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder.")
-@click.option("--fresh", is_flag=True, help="Delete a previous demo run in --out first.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--threads",
-    type=int,
-    default=1,
-    show_default=True,
-    help="CPU threads for torch (0: torch's default).",
+    "--fresh",
+    is_flag=True,
+    help="Delete the files of a previous demo run in --out first (only in a folder uvc made).",
 )
+@device_option()
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option(default=1)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @handle_errors
 def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progress: bool) -> None:
@@ -215,12 +293,15 @@ def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progres
     """
     from uvc.pipeline import demo as run_demo
 
-    result = run_demo(
-        out,
-        fresh=fresh,
-        device=device,
-        seed=seed,
-        progress=not no_progress,
-        threads=threads or None,
-    )
+    def call() -> Any:
+        return run_demo(
+            out,
+            fresh=fresh,
+            device=device,
+            seed=seed,
+            progress=not no_progress,
+            threads=threads or None,
+        )
+
+    result = run_interruptible(call, out, f"uvc demo --out {out}")
     click.echo(f"compressed model: {result.out_dir / 'final.pt'} (table: summary.txt beside it)")

@@ -44,23 +44,68 @@ class TrainResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None) -> TrainResult:
+RUN_KIND = "train"  # the marker kind of a train/demo run folder (``uvc.rundir``)
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainResult:
     """Run (or continue) the whole job and return its result.
+
+    Everything is checked before any compute (``uvc.pipeline.preflight``); a refused run leaves
+    nothing behind. The output folder is then claimed (``uvc.rundir``): uvc writes only into a new
+    or empty folder, or into a run folder it created itself.
 
     Args:
         cfg: the run's settings; a folder that already holds a run with the same settings is
             continued, one with other settings is refused.
         resume: a run folder: continue it with the settings saved there (``cfg`` is ignored).
+        overrides: with ``resume``, settings that do not change results (device, workers,
+            progress) to take instead of the saved ones.
     """
+    from uvc.pipeline.preflight import preflight
+    from uvc.rundir import check_claimable, claim
+
     if resume is not None:
+        check_resumable(resume)
         cfg = TrainConfig.load(resume)
-        cfg = dataclasses.replace(cfg, out=str(resume))
+        changes = dict(overrides or {})
+        bad = sorted(set(changes) - RESUME_OVERRIDES)
+        if bad:
+            raise UvcError(f"a resumed run keeps its saved settings; cannot change {bad}")
+        try:
+            cfg = dataclasses.replace(cfg, out=str(resume), **changes)
+        except ValueError as exc:
+            raise UvcError(str(exc)) from None
         log.info("resuming the run in %s", resume)
     elif cfg is None:
         raise UvcError("train() needs a TrainConfig or a run folder to resume")
     else:
+        check_claimable(cfg.out, RUN_KIND)
         _claim_out_dir(cfg)
+    preflight(cfg)
+    claim(cfg.out, RUN_KIND)
     return run_stages(cfg)
+
+
+def check_resumable(folder: str | Path) -> None:
+    """Raise ``UvcError`` unless ``folder`` is a run folder uvc created (nothing is read)."""
+    from uvc.rundir import MARKER, is_own
+
+    if not Path(folder).is_dir():
+        raise UvcError(f"{folder} holds no uvc run to resume (no such folder)")
+    if not is_own(folder, RUN_KIND):
+        raise UvcError(
+            f"{folder} holds no uvc run to resume (no {MARKER}: uvc did not create it); "
+            "nothing was changed"
+        )
+
+
+# Settings a resumed run may change: they do not change its results.
+RESUME_OVERRIDES = frozenset({"progress", "device", "workers"})
 
 
 def _claim_out_dir(cfg: TrainConfig) -> None:
@@ -69,11 +114,10 @@ def _claim_out_dir(cfg: TrainConfig) -> None:
     if not saved.is_file():
         return
     old = TrainConfig.load(cfg.out)
-    ignore = {"progress", "device", "workers"}  # do not change results
     diff = [
         f.name
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in ignore and getattr(old, f.name) != getattr(cfg, f.name)
+        if f.name not in RESUME_OVERRIDES and getattr(old, f.name) != getattr(cfg, f.name)
     ]
     if diff:
         raise UvcError(
@@ -83,20 +127,29 @@ def _claim_out_dir(cfg: TrainConfig) -> None:
     log.info("%s already holds this run: continuing it", cfg.out)
 
 
-def clear_run(out_dir: str | Path) -> None:
-    """Delete the files a run writes in ``out_dir`` (only those), for a fresh start."""
+def clear_run(out_dir: str | Path) -> list[str]:
+    """Delete the files a run writes in ``out_dir`` (only those), for a fresh start.
+
+    Only a folder uvc created (``uvc.rundir`` marker) is touched; its other files stay. Returns
+    the names removed.
+
+    Raises:
+        RunDirError: ``out_dir`` holds files but was not created by uvc.
+    """
+    from uvc.rundir import check_claimable, remove_own_files
+
     out = Path(out_dir)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for tmp in out.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    check_claimable(out, RUN_KIND)
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    return remove_own_files(out, set(RUN_FILES))
 
 
 def demo(
     out: str | Path = "runs/demo",
     *,
     fresh: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int = 0,
     progress: bool = True,
     threads: int | None = 1,
@@ -104,29 +157,36 @@ def demo(
     """The whole job on the built-in default: a tiny ViT on ``digits``, a few minutes on a CPU.
 
     Args:
+        fresh: delete the files of a previous demo run in ``out`` first (only in a folder uvc
+            created, and only the files a run writes).
         threads: CPU threads for torch (None: torch's default). One by default: the demo's
             matrices are too small to gain from more, and on a busy machine spin-waiting threads
             made a training step 25x slower (3.4 s vs 0.14 s measured on the 2-core dev box).
     """
+    if threads is not None and threads < 1:
+        raise UvcError(f"threads must be >= 1 (or None: torch's default), got {threads}")
+    try:
+        cfg = TrainConfig(
+            out=str(out),
+            model=DEMO_MODEL,
+            data="digits",
+            budget=0.5,
+            teacher_epochs=25,
+            search_epochs=8,
+            warmup_epochs=2,
+            finetune_epochs=12,
+            batch_size=32,
+            lr=2e-3,
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    if fresh:
+        clear_run(out)
     if threads is not None:
         torch.set_num_threads(threads)
-    if fresh and Path(out).is_dir():
-        clear_run(out)
-    cfg = TrainConfig(
-        out=str(out),
-        model=DEMO_MODEL,
-        data="digits",
-        budget=0.5,
-        teacher_epochs=25,
-        search_epochs=8,
-        warmup_epochs=2,
-        finetune_epochs=12,
-        batch_size=32,
-        lr=2e-3,
-        device=device,
-        seed=seed,
-        progress=progress,
-    )
     return train(cfg)
 
 

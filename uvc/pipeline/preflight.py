@@ -1,0 +1,200 @@
+"""Checks of a ``uvc train`` run that need the machine and the files, done before any compute.
+
+``TrainConfig`` validates each option on its own; ``preflight`` checks what depends on the world:
+the device, the output path, the data folder (layout and a sample of images), the model and its
+weights, the extra teacher, the latency table (readable, measured for this model), and whether the
+budget can be reached at all. Everything a run would otherwise discover after the teacher has
+trained for hours fails here, in seconds, with one line, before the output folder is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from uvc.errors import UvcError
+from uvc.pipeline.config import TrainConfig
+from uvc.spec import BlockSpec, ViTSpec
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The smallest cost the search can reach, as a fraction of the uncompressed model's."""
+
+    ratio: float
+    fixed_ratio: float  # embedding and head alone: what is left if every block were skipped
+
+
+def preflight(cfg: TrainConfig) -> ViTSpec:
+    """Check everything ``cfg`` needs from this machine and its files; return the model's spec.
+
+    Raises:
+        UvcError: the first problem found (one line, naming the option to change).
+    """
+    from uvc.data import check_folder
+    from uvc.rundir import check_out_path
+
+    check_device(cfg.device, cfg.amp)
+    check_out_path(cfg.out)
+    for option, value in (("--weights", cfg.weights), ("--teacher-weights", cfg.teacher_weights)):
+        if value is not None and not Path(value).is_file():
+            raise UvcError(f"{option} {value}: file not found")
+    classes = check_folder(cfg.data, cfg.val_split)
+    spec = model_spec(cfg, len(classes))
+    if cfg.teacher is not None:
+        from uvc.teacher import build_timm_teacher
+
+        build_timm_teacher(cfg.teacher, cfg.teacher_weights, len(classes))  # type: ignore[arg-type]
+    lut = None
+    if cfg.metric == "latency":
+        lut = load_lut(cfg.lut, spec)  # type: ignore[arg-type]
+    floor = budget_floor(spec, cfg.metric, lut, cfg.align)
+    if not 0 < floor.ratio < float("inf"):
+        raise UvcError(f"the cost model gives an unusable floor ({floor.ratio}) for this model")
+    if cfg.budget < floor.ratio:
+        raise UvcError(
+            f"--budget {cfg.budget:g} cannot be reached: the smallest model the search can build "
+            f"(1 head, minimal qk/v widths and 1 MLP unit in every block) keeps "
+            f"{floor.ratio:.4f} of the {cfg.metric}; pass --budget {_round_up(floor.ratio)} or more"
+        )
+    return spec
+
+
+def check_device(device: str, amp: str | None) -> None:
+    """``--device cuda`` and ``--amp`` need a CUDA GPU here."""
+    cuda = torch.cuda.is_available()
+    if device.startswith("cuda"):
+        if not cuda:
+            raise UvcError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UvcError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if amp is not None:
+        on_cpu = device == "cpu" or (device == "auto" and not cuda)
+        if on_cpu:
+            raise UvcError(f"--amp {amp} needs a CUDA GPU; this run would use the CPU")
+        if amp == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UvcError("--amp bf16: this GPU does not support bfloat16 (use --amp fp16)")
+
+
+def model_spec(cfg: TrainConfig, num_classes: int) -> ViTSpec:
+    """The uncompressed model's spec for this data, its weights checked when it has any."""
+    from uvc.source import resolve_spec
+    from uvc.teacher import DEMO_MODEL, demo_spec, load_base_model
+
+    if cfg.model == DEMO_MODEL:
+        spec = demo_spec(num_classes, cfg.img_size or 32)
+    else:
+        spec = resolve_spec(cfg.model, num_classes)
+        if cfg.img_size is not None:
+            spec = spec.replace(img_size=cfg.img_size)
+    check_fits(spec)
+    if cfg.weights is None and not Path(cfg.model).is_file():
+        return spec
+    # Files and weights are read once here, so that a mismatch fails now, not after the data.
+    model, _ = load_base_model(cfg.model, cfg.weights, num_classes, cfg.img_size)
+    return model.spec
+
+
+def check_fits(spec: ViTSpec, copies: int = 8) -> None:
+    """Refuse a model whose weights (student, teacher, optimizer state: ``copies`` fp32 copies)
+    cannot fit in this machine's memory; a damaged spec can claim absurd widths."""
+    from uvc.cost import params
+
+    try:
+        need = params(spec) * 4 * copies
+    except (OverflowError, ValueError) as exc:
+        raise UvcError(f"the model's spec is unusable: {exc}") from None
+    have = available_bytes("cpu")
+    if need > have:
+        raise UvcError(
+            f"the model has {params(spec) / 1e6:.0f} M parameters; training it needs about "
+            f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available here"
+        )
+
+
+def load_lut(path: str, spec: ViTSpec) -> object:
+    """Read a latency table and check it was measured for ``spec``'s embed width and tokens."""
+    import math
+
+    from uvc.cost import LatencyTable
+
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise UvcError(f"--lut {path}: file not found") from None
+    except OSError as exc:
+        raise UvcError(f"cannot read latency table {path}: {exc.strerror}") from None
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise UvcError(f"latency table {path} is not a JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise UvcError(f"latency table {path} is not a uvc latency table (not a JSON object)")
+    try:
+        table = LatencyTable.from_dict(data)
+    except UvcError as exc:
+        raise UvcError(f"latency table {path}: {exc}") from None
+    except (AttributeError, IndexError, RuntimeError, OverflowError) as exc:
+        raise UvcError(f"latency table {path} is malformed: {exc!r}") from None
+    table.check_spec(spec)
+    values = [table.fixed_ms, *table.attn_ms.flatten().tolist(), *table.mlp_ms.tolist()]
+    if not all(math.isfinite(v) and 0 <= v < 1e9 for v in values):
+        raise UvcError(f"latency table {path} holds negative or non-finite times: re-measure it")
+    return table
+
+
+def budget_floor(spec: ViTSpec, metric: str, lut: object = None, align: int = 1) -> Floor:
+    """The smallest ``metric`` ratio the search can guarantee for ``spec``.
+
+    The search may prune every block down to one head, ``align`` query/key and value dims (1 by
+    default) and ``align`` MLP units (``uvc.structure``: at least one unit always survives); the
+    final projection onto the budget (``uvc.dual.project_to_budget``) goes no lower. Skip gates
+    could remove whole parts, but the projection never changes gate decisions, so a budget below
+    this floor is not guaranteed to be met.
+    """
+    from uvc.resource import ResourceModel
+    from uvc.structure import aligned_width
+
+    res = ResourceModel(spec, metric, lut)  # type: ignore[arg-type]
+    smallest = tuple(
+        BlockSpec(
+            1 if b.heads else 0,
+            aligned_width(1, b.qk_dim, align) if b.heads else 0,
+            aligned_width(1, b.v_dim, align) if b.heads else 0,
+            aligned_width(1, b.mlp_dim, align) if b.mlp_dim else 0,
+        )
+        for b in spec.blocks
+    )
+    full = res.full
+    return Floor(res.of_spec(spec.replace(blocks=smallest)) / full, res.fixed / full)
+
+
+def _round_up(x: float) -> str:
+    """``x`` rounded up to 3 significant digits, as text (a budget the user can type)."""
+    import math
+
+    digits = 2 - math.floor(math.log10(x)) if x > 0 else 3
+    scale = 10**digits
+    return f"{math.ceil(x * scale) / scale:g}"
+
+
+def available_bytes(device: str) -> int:
+    """Memory a measurement may use: free GPU memory, or the host's available memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+        return 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
