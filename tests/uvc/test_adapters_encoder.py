@@ -253,3 +253,32 @@ def _cifar_top1(ckpt: Path, tarball: Path, per_class: int) -> float:
             [model(torch.stack(images[i : i + 250])).argmax(1) for i in range(0, len(images), 250)]
         )
     return (pred == torch.tensor(labels)).float().mean().item()
+
+
+@pytest.mark.parametrize("which", ["converted", "every_v2_field"])
+def test_v2_models_export_to_onnx_exactly(tmp_path, which):
+    from uvc.export.onnx import export_onnx, validate_onnx
+
+    from tests.helpers import tiny_spec
+    from uvc.model import ViT
+    from uvc.spec import BlockSpec
+
+    if which == "converted":
+        model = from_module(randomize(PlainViT()))
+    else:
+        blocks = (BlockSpec(2, 8, 8, 0), BlockSpec(0, 0, 0, 24), BlockSpec(0, 0, 0, 0, skip=True))
+        spec = tiny_spec(
+            blocks=blocks,
+            norm_placement="post",
+            act="quick_gelu",
+            layer_scale=True,
+            reg_tokens=2,
+            no_embed_class=True,
+            dist_token=True,
+            dist_head=False,
+            fc_norm=True,
+        )
+        model = randomize(ViT(spec))
+    path = export_onnx(model, tmp_path / "m.onnx")
+    report = validate_onnx(model, path, [torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)])
+    assert report.max_abs <= 1e-4 and report.top1 == 1.0
