@@ -59,6 +59,24 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, h * dv))
 
 
+def masked_norm(norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``norm(x)``; with a 0/1 embedding-channel ``mask``, a LayerNorm over the kept channels only.
+
+    The statistics are taken over the kept channels and the pruned ones come out as zeros:
+    exactly what the materialized, narrower LayerNorm computes (NViT's embedding-width pruning),
+    so a masked search trains the model that export builds.
+    """
+    if mask is None or not isinstance(norm, nn.LayerNorm):
+        return norm(x)
+    kept = mask.sum()
+    mean = (x * mask).sum(-1, keepdim=True) / kept
+    var = ((x - mean) * mask).square().sum(-1, keepdim=True) / kept
+    y = (x - mean) * torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        y = y * norm.weight + norm.bias
+    return y * mask
+
+
 class QuickGELU(nn.Module):
     """CLIP's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)``."""
 
@@ -142,6 +160,7 @@ class Block(nn.Module):
         self.attn_gate: Tensor | None = None
         self.mlp_gate: Tensor | None = None
         self.gate: Tensor | None = None  # UVC's whole-block gate: x + g * (Block(x) - x)
+        self.embed_mask: Tensor | None = None  # (dim,) kept residual channels (``masked_norm``)
 
     @staticmethod
     def _branch(
@@ -160,18 +179,36 @@ class Block(nn.Module):
         if self.post_norm:
             if self.norm1 is not None:
                 y = self._branch(x, self.attn, self.ls1, self.attn_gate)
-                x = self.norm1(x if y is None else x + y)
+                x = masked_norm(self.norm1, x if y is None else x + y, self.embed_mask)
             if self.norm2 is not None:
                 y = self._branch(x, self.mlp, self.ls2, self.mlp_gate)
-                x = self.norm2(x if y is None else x + y)
+                x = masked_norm(self.norm2, x if y is None else x + y, self.embed_mask)
         else:
             if self.attn is not None:
-                x = x + self._branch(self.norm1(x), self.attn, self.ls1, self.attn_gate)
+                y = masked_norm(self.norm1, x, self.embed_mask)
+                x = x + self._branch(y, self.attn, self.ls1, self.attn_gate)
             if self.mlp is not None:
-                x = x + self._branch(self.norm2(x), self.mlp, self.ls2, self.mlp_gate)
+                y = masked_norm(self.norm2, x, self.embed_mask)
+                x = x + self._branch(y, self.mlp, self.ls2, self.mlp_gate)
         if self.gate is not None:
             x = inp + self.gate * (x - inp)
+        if self.embed_mask is not None:  # the branches wrote into pruned channels: zero them
+            x = x * self.embed_mask
         return x
+
+
+def block_for(spec: ViTSpec, block: BlockSpec) -> Block:
+    """A ``Block`` of ``block``'s widths with the model-wide options of ``spec`` (width, qkv bias,
+    eps, norm placement, activation, layer scale): what latency tables should time."""
+    return Block(
+        spec.embed_dim,
+        block,
+        spec.qkv_bias,
+        spec.norm_eps,
+        post_norm=spec.post_norm,
+        act=spec.act,
+        layer_scale=spec.layer_scale,
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -204,18 +241,7 @@ class ViT(nn.Module):
             nn.Parameter(torch.zeros(1, spec.reg_tokens, d)) if spec.reg_tokens else None
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.pos_embed_len, d))
-        self.blocks = nn.ModuleList(
-            Block(
-                d,
-                b,
-                spec.qkv_bias,
-                spec.norm_eps,
-                post_norm=spec.post_norm,
-                act=spec.act,
-                layer_scale=spec.layer_scale,
-            )
-            for b in spec.blocks
-        )
+        self.blocks = nn.ModuleList(block_for(spec, b) for b in spec.blocks)
         self.norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.fc_norm else nn.Identity()
         n_out = spec.num_classes
@@ -223,6 +249,8 @@ class ViT(nn.Module):
         self.head_dist = nn.Linear(d, n_out) if spec.num_heads_out == 2 else None
         # For DeiT distillation: when True (and training), return (class_logits, dist_logits).
         self.distilled_training = False
+        # Kept residual channels (0/1, (dim,)), set with the blocks' by ``uvc.keep.masked``.
+        self.embed_mask: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -257,16 +285,18 @@ class ViT(nn.Module):
             x = torch.cat([*prefix, x], dim=1)
         if not self.spec.no_embed_class:
             x = x + self.pos_embed
+        if self.embed_mask is not None:
+            x = x * self.embed_mask
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x)
+        return masked_norm(self.norm, x, self.embed_mask)
 
     def forward_head(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Pool the tokens and classify."""
         if self.spec.pool is Pool.AVG:
             x = x[:, self.spec.num_prefix_tokens :].mean(dim=1)
-            return self.head(self.fc_norm(x))
-        logits = self.head(self.fc_norm(x[:, 0]))
+            return self.head(masked_norm(self.fc_norm, x, self.embed_mask))
+        logits = self.head(masked_norm(self.fc_norm, x[:, 0], self.embed_mask))
         if self.head_dist is None:
             return logits
         dist = self.head_dist(x[:, 1])
