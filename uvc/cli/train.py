@@ -219,6 +219,11 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
         call: Any = lambda: run_train(resume=resume, overrides=overrides)  # noqa: E731
         again = f"uvc train --resume {resume}"
     else:
+        given = given_options(click.get_current_context())
+        ignored = [n for n in ("alpha", "tau") if n in given]
+        if options["kd"] == "none" and ignored:
+            shown = " and ".join("--" + n for n in ignored)
+            raise UvcError(f"{shown} shape the distillation term, which --kd none turns off")
         try:
             cfg = TrainConfig(progress=not no_progress, **options)
         except ValueError as exc:
