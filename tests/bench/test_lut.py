@@ -105,6 +105,8 @@ def test_config_validation() -> None:
         LutConfig(spec=tiny_spec(), heads=(2, 1))
     with pytest.raises(ValueError, match="not trt"):
         LutConfig(spec=tiny_spec(), backend="trt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="statistic"):
+        LutConfig(spec=tiny_spec(), statistic="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exporter"):
         LutConfig(spec=tiny_spec(), backend="ort", exporter="jit")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -120,6 +122,7 @@ def test_ort_table_times_exported_graphs(tmp_path: Path) -> None:
         spec=tiny_spec(),
         backend="ort",
         exporter="torchscript",
+        statistic="min",
         heads=(1, 4),
         qk_dims=(4, 8),
         v_dims=(4, 8),

@@ -195,6 +195,13 @@ def bench(
     show_default=True,
     help="With --backend ort: the ONNX exporter (uvc export's default is dynamo).",
 )
+@click.option(
+    "--statistic",
+    type=click.Choice(["median", "min"]),
+    default="median",
+    show_default=True,
+    help="Per point: min resists other processes' load (short calls are preempted less).",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--threads",
@@ -218,6 +225,7 @@ def lut(
     device: str,
     backend: str,
     exporter: str,
+    statistic: str,
     batch: int,
     threads: int | None,
     out: str,
@@ -249,6 +257,7 @@ def lut(
             device=device,
             threads=threads or default_threads(),
             exporter=exporter,
+            statistic=statistic,
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
