@@ -231,3 +231,31 @@ def test_parity_failure_raises():
         check_parity(1e-3, ATOL, "test")
     with pytest.raises(WeightsError):
         check_parity(float("nan"), ATOL, "test")
+
+
+def test_hugging_face_transformers_4_key_names():
+    """Checkpoints saved by transformers 4 name layers encoder.layer.N.attention.attention.query."""
+    transformers = pytest.importorskip("transformers")
+    original = randomize(
+        transformers.ViTForImageClassification(transformers.ViTConfig(**HF_CONFIG))
+    )
+    v5_to_v4 = {
+        "attention.q_proj": "attention.attention.query",
+        "attention.k_proj": "attention.attention.key",
+        "attention.v_proj": "attention.attention.value",
+        "attention.o_proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
+
+    def v4_name(key: str) -> str:
+        key = key.replace("vit.layers.", "vit.encoder.layer.")
+        for new, old in v5_to_v4.items():
+            key = key.replace(f".{new}.", f".{old}.")
+        return key
+
+    state = {v4_name(k): v for k, v in original.state_dict().items()}
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in state
+    original.state_dict = lambda: state  # what a transformers-4 model would list
+    conv = convert_module(original)
+    assert_parity(original, conv, 32, call=lambda x: original(pixel_values=x).logits)
