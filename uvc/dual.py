@@ -248,8 +248,9 @@ def project_to_budget(
 
     Over budget: repeatedly prune the group with the least score share per unit of cost saved
     (cost-per-unit aware), preferring moves that do not overshoot below ``budget*(1-tol)``.
-    Far under budget: restore the groups with the most score per unit of cost while they fit.
-    Gate decisions are never changed.
+    Under ``budget*(1-tol)``: restore the groups with the most score per unit of cost, those that
+    fit first; when only coarse ones are left (a whole head), restore one anyway and prune back
+    down with finer moves. Gate decisions are never changed.
     """
     hard = list(hard)
     widths = [(b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in res.spec.blocks]
@@ -260,33 +261,41 @@ def project_to_budget(
         return _cost(res, hb, prep[i].kept_heads(hb.heads) if isinstance(hb.v, tuple) else [])
 
     costs = [cost(i, hb) for i, hb in enumerate(hard)]
-    r = res.fixed + sum(costs)
-    for up in (False, True):
-        if up and r >= floor:
+    state = {"r": res.fixed + sum(costs)}
+
+    def moves(up: bool) -> list[tuple[int, HardBlock, float, float]]:
+        return [
+            (i, nb, share, cost(i, nb) - costs[i])
+            for i in range(len(hard))
+            for nb, share in _moves(hard[i], prep[i], widths[i], align, up)
+        ]
+
+    def apply(i: int, nb: HardBlock, dc: float) -> None:
+        hard[i], costs[i] = nb, costs[i] + dc
+        state["r"] += dc
+
+    def down() -> None:
+        while state["r"] > target:
+            flat = [f for f in moves(False) if f[3] < 0]
+            if not flat:
+                return  # nothing left to prune: the budget is below the smallest model
+            fits = [f for f in flat if state["r"] + f[3] >= floor]
+            if fits:
+                i, nb, _, dc = min(fits, key=lambda f: f[2] / -f[3])
+            else:  # every move overshoots: take the smallest step
+                i, nb, _, dc = max(flat, key=lambda f: f[3])
+            apply(i, nb, dc)
+
+    down()
+    for _ in range(4):  # restore, then trim what a coarse restore overshot; rarely needs two
+        if state["r"] >= floor:
             break
-        cand: dict[int, list[tuple[HardBlock, float, float]]] = {}
-        while (r > target) if not up else True:
-            for i in range(len(hard)):
-                if i not in cand:
-                    cand[i] = [
-                        (nb, share, cost(i, nb) - costs[i])
-                        for nb, share in _moves(hard[i], prep[i], widths[i], align, up)
-                    ]
-            flat = [(i, nb, s, dc) for i, lst in cand.items() for nb, s, dc in lst]
-            if up:
-                flat = [f for f in flat if f[3] > 0 and r + f[3] <= target]
-                if not flat:
-                    break
-                i, nb, _, dc = max(flat, key=lambda f: f[2] / f[3])
-            else:
-                flat = [f for f in flat if f[3] < 0]
-                if not flat:
-                    break  # nothing left to prune: the budget is below the smallest model
-                fits = [f for f in flat if r + f[3] >= floor]
-                if fits:
-                    i, nb, _, dc = min(fits, key=lambda f: f[2] / -f[3])
-                else:  # every move overshoots: take the smallest step
-                    i, nb, _, dc = max(flat, key=lambda f: f[3])
-            hard[i], costs[i], r = nb, costs[i] + dc, r + dc
-            del cand[i]
+        while state["r"] < floor:
+            flat = [f for f in moves(True) if f[3] > 0]
+            if not flat:
+                break
+            fits = [f for f in flat if state["r"] + f[3] <= target]
+            i, nb, _, dc = max(fits or flat, key=lambda f: f[2] / f[3])
+            apply(i, nb, dc)
+        down()
     return hard

@@ -48,7 +48,8 @@ class SearchConfig:
     """Settings of the search (defaults follow UVC where it states them).
 
     Args:
-        method: the compression method (``uvc.methods.METHODS``): uvc (primal-dual), uniform.
+        method: the compression method (``uvc.methods.METHODS``): uvc (primal-dual), uniform,
+            nvit (global Hessian-aware pruning).
         budget: target cost as a fraction of the uncompressed model's, in (0, 1].
         metric: what the budget counts (macs, params, latency).
         lut: latency lookup-table JSON (required for the latency metric).
@@ -71,8 +72,21 @@ class SearchConfig:
         log_every: steps between step records.
         tolerance: the final projection lands within ``[budget * (1 - tolerance), budget]``.
         progress: show a tqdm progress bar (rank 0 only).
+        schedule_aware: scale the count step and z's ascent up when the search has too few
+            pruning steps for the counts to cross their range (see ``PrimalDual.pace``).
         budget_hinge: the primal budget term is ``z * max(R - budget, 0)`` (no push below the
             budget) instead of UVC's ``z * (R - budget)``.
+        nvit_interval: nvit: batches between pruning steps (saliency is averaged over them).
+        nvit_chunks: nvit: chunks removed per pruning step; 0 paces the removals by cost (each
+            step removes the lowest chunks until R follows a line from 1 down to the budget,
+            reached after ``nvit_end`` of the post-warmup steps).
+        nvit_end: nvit: fraction of the post-warmup steps by which the paced schedule reaches
+            the budget (the rest trains the pruned model).
+        nvit_lambda: nvit: weight of the cost saved in a chunk's rank (score - lambda * saving,
+            both relative to their mean over the candidate chunks); 0 ranks by saliency alone.
+        nvit_chunk: nvit: chunk sizes (embed, heads, qk, v, mlp); None takes NViT's DeiT-B
+            chunks (16, 2, 8, 8, 16 of 768, 12, 64, 64, 3072) as fractions of this model's
+            widths, rounded to ``align`` (at least 1).
     """
 
     method: str = "uvc"
@@ -104,7 +118,13 @@ class SearchConfig:
     log_every: int = 10
     tolerance: float = 0.01
     budget_hinge: bool = True
+    schedule_aware: bool = True
     progress: bool = True
+    nvit_interval: int = 10
+    nvit_chunks: int = 0
+    nvit_end: float = 0.75
+    nvit_lambda: float = 0.1
+    nvit_chunk: tuple[int, int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", _enum(Metric, self.metric, "metric"))
@@ -134,6 +154,9 @@ class SearchConfig:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance}")
+        from uvc.methods.nvit import check_nvit_config
+
+        check_nvit_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (enums as strings) for checkpoints and logs."""
@@ -175,6 +198,27 @@ class PrimalDual:
 
     def tau_at(self, step: int, total: int) -> float:
         return geometric(step, total, self.cfg.gumbel_tau, self.cfg.gumbel_tau_end)
+
+    def pace(self, step: int, total: int) -> float:
+        """How much faster than their configured rates counts and z move at ``step``.
+
+        The counts move at most ``struct_lr`` per step (gradient norm clipped), so a short search
+        cannot carry them across their range: ``n`` fractions in [0, 1) are ``sqrt(n)`` apart
+        corner to corner, which takes ``sqrt(n) / struct_lr`` steps. With fewer pruning steps
+        (after warmup) than that, the count step and z's ascent are scaled up by their ratio P on
+        average, decaying linearly from ``2P - 1`` to 1 over the pruning steps: fast while far
+        from the budget, fine steps at the end so R settles on it instead of overshooting. The
+        primal-dual itself then reaches the budget; the final projection only rounds. Long
+        schedules (the paper's) are unchanged (P = 1).
+        """
+        if not self.cfg.schedule_aware:
+            return 1.0
+        warm = total * self.cfg.warmup_epochs / self.cfg.epochs
+        pruning = max(1.0, total - warm)
+        n = sum(p.numel() for p in self.structure.parameters())
+        p = max(1.0, (n**0.5 / self.cfg.struct_lr) / pruning)
+        left = min(1.0, max(0.0, 1.0 - (step - warm) / pruning))
+        return 1.0 + (2 * p - 2) * left
 
     def z_lr_at(self, step: int, total: int) -> float:
         end = self.cfg.z_lr if self.cfg.z_lr_end is None else self.cfg.z_lr_end
@@ -278,7 +322,7 @@ class PrimalDual:
             if sp and all(torch.isfinite(p.grad).all() for p in sp):
                 torch.nn.utils.clip_grad_norm_(sp, cfg.struct_clip)
                 for p in sp:
-                    p -= cfg.struct_lr * p.grad
+                    p -= cfg.struct_lr * self.pace(step, total) * p.grad
             self.structure.project_()
             gate_step = (
                 not warmup
@@ -291,7 +335,7 @@ class PrimalDual:
         for p in extra:
             p.grad = None
         r_val = float(r.detach())
-        zlr = self.z_lr_at(step, total)
+        zlr = self.z_lr_at(step, total) * self.pace(step, total)
         self.duals.z = ascend_z(self.duals.z, r_val, cfg.budget, zlr)
         ascend_groups(self.duals, shares, cfg.y_lr)
         return {
@@ -303,7 +347,7 @@ class PrimalDual:
             "budget": cfg.budget,
             "z": float(self.duals.z),
             "lr": lr,
-            "struct_lr": cfg.struct_lr,
+            "struct_lr": cfg.struct_lr * self.pace(step, total),
             "z_lr": zlr,
             "gumbel_tau": self.tau_at(step, total),
             "warmup": warmup,

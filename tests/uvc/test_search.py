@@ -56,7 +56,10 @@ def _run(
 @pytest.mark.parametrize("budget", [0.5, 0.7])
 def test_search_meets_the_budget_and_writes_its_files(budget: float, tmp_path: Path) -> None:
     records: list[dict[str, Any]] = []
-    cfg = SearchConfig(budget=budget, epochs=2, warmup_epochs=1, lr=1e-3, log_every=1)
+    # The configured rates as they are (the schedule-aware pace is tested on its own below).
+    cfg = SearchConfig(
+        budget=budget, epochs=2, warmup_epochs=1, lr=1e-3, log_every=1, schedule_aware=False
+    )
     res = _run(cfg, tmp_path, log=records.append)
     full = macs(tiny_spec())
     assert budget * 0.99 <= macs(res.spec) / full <= budget
@@ -79,7 +82,9 @@ def test_search_meets_the_budget_and_writes_its_files(budget: float, tmp_path: P
 
 def test_z_schedule_takes_effect() -> None:
     records: list[dict[str, Any]] = []
-    cfg = SearchConfig(epochs=1, warmup_epochs=0, z_lr=0.01, z_lr_end=0.1, log_every=1)
+    cfg = SearchConfig(
+        epochs=1, warmup_epochs=0, z_lr=0.01, z_lr_end=0.1, log_every=1, schedule_aware=False
+    )
     _run(cfg, None, log=records.append)
     zlr = [r["z_lr"] for r in records if r["kind"] == "search_step"]
     assert zlr[0] == pytest.approx(0.01) and zlr[-1] == pytest.approx(0.1)
@@ -209,3 +214,24 @@ def test_budget_hinge_stops_the_push_below_budget() -> None:
             runs.append(torch.cat([p.detach().flatten() for p in s.structure.parameters()]))
         moved[hinge] = not torch.equal(runs[0], runs[1])
     assert moved == {True: False, False: True}
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.62])
+def test_a_short_search_reaches_the_budget_by_itself(budget: float) -> None:
+    """With the schedule-aware pace the primal-dual alone ends within +-3% of the budget: the
+    final projection only rounds (36 pruning steps; at the configured rates R stays far above)."""
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    model, teacher = ViT(spec), ViT(spec)
+    teacher.load_state_dict(model.state_dict())
+    train = _batches(12, 3)
+    results = {}
+    for aware in (True, False):
+        cfg = SearchConfig(budget=budget, epochs=4, warmup_epochs=1, lr=1e-3, schedule_aware=aware)
+        student = ViT(spec)
+        student.load_state_dict(teacher.state_dict())
+        res = run_search(student, teacher, train, None, DistillLoss(DistillConfig()), cfg, None,
+                         device=CPU)  # fmt: skip
+        results[aware] = res.cost_searched
+    assert abs(results[True] / budget - 1) <= 0.03, results
+    assert results[False] / budget - 1 > 0.03, results  # what the pace fixes
