@@ -190,7 +190,7 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
 
     from uvc.checkpoint import is_checkpoint, load_checkpoint
     from uvc.errors import CheckpointError
-    from uvc.keep import BlockKeep, check_keep
+    from uvc.keep import KeepSet, check_keep
     from uvc.model import ViT
     from uvc.source import load_model
     from uvc.weights import load_weights
@@ -204,7 +204,7 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
         if keep_data is None:
             return model.eval(), "dense checkpoint"
         try:
-            keep = tuple(BlockKeep.from_dict(d) for d in keep_data)
+            keep = KeepSet.from_json(keep_data)  # NViT's keep.json has an embed part
             check_keep(ckpt.spec, keep)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path} holds an invalid keep-set: {exc}") from None

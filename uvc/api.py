@@ -233,6 +233,9 @@ def search_config(cfg: Any) -> Any:
         "seed": cfg.seed,
         "progress": cfg.progress,
     }
+    for name in ("nvit_lambda", "nvit_interval"):  # None: the SearchConfig default
+        if getattr(cfg, name, None) is not None:
+            wanted[name] = getattr(cfg, name)
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     return SearchConfig(**{k: v for k, v in wanted.items() if k in names})
 

@@ -271,9 +271,13 @@ def hard_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
     check_keep(spec, keep)
     if embed_of(keep) is not None:
         raise SpecError(
-            "embedding-width pruning has no exact masked forward (LayerNorm statistics change "
-            "with the width): materialize the keep-set instead"
+            "block masks give no masked forward for embedding-width pruning (the residual "
+            "channels and the LayerNorm statistics change too): use masked_keep(model, keep)"
         )
+    return _block_masks(spec, keep)
+
+
+def _block_masks(spec: ViTSpec, keep: Sequence[BlockKeep]) -> list[BlockMasks]:
     smap, units = StructureMap(spec), unit_keep(spec, keep)
     out = []
     for i, (b, k) in enumerate(zip(spec.blocks, keep, strict=True)):
@@ -304,14 +308,39 @@ def _indicator(n: int, idx: Sequence[int]) -> Tensor:
     return t
 
 
+def embed_mask(spec: ViTSpec, keep: Sequence[BlockKeep]) -> Tensor | None:
+    """0/1 mask of the kept residual channels of ``keep`` (None when all are kept)."""
+    embed = embed_of(keep)
+    return None if embed is None else _indicator(spec.embed_dim, embed)
+
+
 @contextmanager
-def masked(model: torch.nn.Module, masks: Sequence[BlockMasks]) -> Iterator[torch.nn.Module]:
-    """Apply ``masks`` to a ``uvc.model.ViT`` for the duration of the block; always restored."""
+def masked_keep(model: torch.nn.Module, keep: Sequence[BlockKeep]) -> Iterator[torch.nn.Module]:
+    """``model`` computing what ``keep``'s materialized model computes, embedding channels too.
+
+    Block parts are masked as ``hard_masks`` does; pruned residual channels are zeroed and every
+    LayerNorm normalises over the kept channels (``uvc.model.masked_norm``), which is what the
+    narrower dense LayerNorms do.
+    """
+    with masked(model, _block_masks(model.spec, keep), embed=embed_mask(model.spec, keep)) as m:
+        yield m
+
+
+@contextmanager
+def masked(
+    model: torch.nn.Module, masks: Sequence[BlockMasks], embed: Tensor | None = None
+) -> Iterator[torch.nn.Module]:
+    """Apply ``masks`` (and a 0/1 mask of kept residual channels, ``embed``) to a
+    ``uvc.model.ViT`` for the duration of the block; always restored."""
     blocks = model.blocks
     device = next(model.parameters()).device
     if len(masks) != len(blocks):
         raise SpecError(f"{len(masks)} block masks for a model with {len(blocks)} blocks")
+    emb = _on(embed, device)
     try:
+        model.embed_mask = emb
+        for blk in blocks:
+            blk.embed_mask = emb
         for blk, m in zip(blocks, masks, strict=True):
             m = BlockMasks(**{k: _on(v, device) for k, v in vars(m).items()})
             if blk.attn is not None:
@@ -321,9 +350,39 @@ def masked(model: torch.nn.Module, masks: Sequence[BlockMasks]) -> Iterator[torc
             blk.attn_gate, blk.mlp_gate, blk.gate = m.attn_gate, m.mlp_gate, m.gate
         yield model
     finally:
+        model.embed_mask = None
         for blk in blocks:
+            blk.embed_mask = None
             if blk.attn is not None:
                 blk.attn.qk_mask = blk.attn.v_mask = None
             if blk.mlp is not None:
                 blk.mlp.mask = None
             blk.attn_gate = blk.mlp_gate = blk.gate = None
+
+
+@torch.no_grad()
+def masked_dense_gap(
+    model: torch.nn.Module, dense: torch.nn.Module, keep: Sequence[BlockKeep], xs: Sequence[Tensor]
+) -> dict[str, float]:
+    """How far the dense model is from ``model`` masked by ``keep`` on the images ``xs``.
+
+    Returns the largest absolute logit difference and the share of images (%) whose top-1
+    class agrees. Both models are evaluated in eval mode and restored to their own mode.
+    """
+    modes = (model.training, dense.training)
+    model.eval()
+    dense.eval()
+    diff, agree, n = 0.0, 0, 0
+    try:
+        for x in xs:
+            x = x.to(next(model.parameters()).device)
+            with masked_keep(model, keep):
+                a = model(x)
+            b = dense(x.to(next(dense.parameters()).device)).to(a.device)
+            diff = max(diff, float((a - b).abs().max()))
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            n += len(x)
+    finally:
+        model.train(modes[0])
+        dense.train(modes[1])
+    return {"max_logit_diff": diff, "top1_agreement": 100.0 * agree / max(n, 1)}

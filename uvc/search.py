@@ -33,7 +33,7 @@ from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
 from uvc.errors import UvcError
 from uvc.finetune import evaluate
-from uvc.keep import KeepSet, embed_of, hard_masks, masked, spec_after
+from uvc.keep import KeepSet, embed_of, masked_keep, spec_after
 from uvc.loaders import epoch_length
 from uvc.methods import Method, build_method
 from uvc.model import ViT
@@ -108,7 +108,7 @@ def evaluate_masked(
     The same ``uvc.finetune.evaluate`` as every other accuracy (one unit, percent, everywhere);
     ``dist`` is accepted for symmetry, ``evaluate`` sums over ranks itself.
     """
-    with masked(model, hard_masks(model.spec, keep)):
+    with masked_keep(model, keep):  # embedding channels too (NViT)
         return evaluate(model, loader, device)
 
 

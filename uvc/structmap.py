@@ -198,6 +198,21 @@ class StructureMap:
                 out.append(Axis(name, dim, ("embed",)))
         return out
 
+    def reduce_embed(
+        self, state: dict[str, Tensor], per_param: Callable[[str, int], Tensor | None]
+    ) -> Tensor:
+        """Sum a per-position quantity onto the embedding channels, over every tensor of
+        ``state`` (a state dict, for names and shapes) that runs over them (``embed_axes``).
+
+        ``per_param`` is as for ``reduce``.
+        """
+        out = torch.zeros(self.spec.embed_dim)
+        for axis in self.embed_axes(state):
+            vals = per_param(axis.param, axis.dim)
+            if vals is not None:
+                out = out.to(vals.device, vals.dtype) + vals.detach()
+        return out
+
     # --- queries -------------------------------------------------------------------------------
 
     def space(self, block: int, part: str) -> Space | None:

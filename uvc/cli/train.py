@@ -76,6 +76,26 @@ RESUME_OPTIONS = {"resume", "no_progress", "threads", "device", "workers"}
     help="Latency lookup table JSON (from `uvc lut`) for --metric latency.",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["nvit", "uniform", "uvc"]),  # uvc.methods.METHODS (not imported: torch)
+    default="uvc",
+    show_default=True,
+    help="Compression method: uvc (primal-dual search), uniform (same ratio everywhere), nvit "
+    "(global Hessian-aware pruning, embedding width included).",
+)
+@click.option(
+    "--nvit-lambda",
+    type=float,
+    default=None,
+    help="nvit: weight of the cost a chunk saves in its rank (default 0.1; 0: saliency only).",
+)
+@click.option(
+    "--nvit-interval",
+    type=int,
+    default=None,
+    help="nvit: batches between pruning steps (default 10).",
+)
+@click.option(
     "--search-epochs",
     type=int,
     default=10,

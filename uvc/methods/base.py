@@ -78,8 +78,14 @@ def _uniform(model: ViT, cfg: SearchConfig, device: torch.device, dist: DistInfo
     return Uniform(model, cfg, device, dist)
 
 
+def _nvit(model: ViT, cfg: SearchConfig, device: torch.device, dist: DistInfo) -> Method:
+    from uvc.methods.nvit import NViT
+
+    return NViT(model, cfg, device, dist)
+
+
 # The registry: ``--method NAME`` / ``method=NAME``.
-METHODS: dict[str, MethodFactory] = {"uvc": _primal_dual, "uniform": _uniform}
+METHODS: dict[str, MethodFactory] = {"uvc": _primal_dual, "uniform": _uniform, "nvit": _nvit}
 
 
 def build_method(

@@ -48,7 +48,10 @@ class TrainConfig:
         budget: kept fraction of the resource (0 < budget <= 1).
         metric: resource the budget counts: macs, params or latency (needs ``lut``).
         lut: latency lookup table JSON (``uvc lut``) for ``metric=latency``.
-        method: the compression method: uvc (primal-dual search) or uniform (naive baseline).
+        method: the compression method: uvc (primal-dual search), uniform (naive baseline) or
+            nvit (global Hessian-aware structural pruning, embedding width included).
+        nvit_lambda / nvit_interval: nvit's cost weight and batches between pruning steps
+            (None: ``uvc.search.SearchConfig``'s defaults).
         search_epochs: stage-1 epochs (including ``warmup_epochs``).
         finetune_epochs: stage-2 epochs on the dense model.
         teacher_epochs: epochs to train the uncompressed model first when it has no weights
@@ -84,6 +87,8 @@ class TrainConfig:
     metric: str = "macs"
     lut: str | None = None
     method: str = "uvc"
+    nvit_lambda: float | None = None
+    nvit_interval: int | None = None
     search_epochs: int = 10
     finetune_epochs: int = 10
     teacher_epochs: int = 20
@@ -133,6 +138,7 @@ class TrainConfig:
                 f"--lut is only used by --metric latency (the budget counts {self.metric}); "
                 "drop --lut or pass --metric latency"
             )
+        _check_nvit(self)
         if (self.teacher is None) != (self.teacher_weights is None):
             raise ValueError("--teacher and --teacher-weights go together")
         for name in ("search_epochs", "finetune_epochs", "teacher_epochs", "warmup_epochs"):
@@ -202,6 +208,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "int | None": (int, type(None)),
     "float": (int, float),
+    "float | None": (int, float, type(None)),
     "bool": (bool,),
 }
 
@@ -216,6 +223,19 @@ def _check_types(cfg: TrainConfig) -> None:
         bad_bool = isinstance(value, bool) and bool not in allowed
         if bad_bool or not isinstance(value, allowed):
             raise ValueError(f"{f.name} must be {f.type}, got {value!r}")
+
+
+def _check_nvit(cfg: TrainConfig) -> None:
+    """nvit's settings: only with ``--method nvit``, and in range."""
+    given = [n for n in ("nvit_lambda", "nvit_interval") if getattr(cfg, n) is not None]
+    if given and cfg.method != "nvit":
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"{flags} only apply to --method nvit (this run uses {cfg.method})")
+    lam = cfg.nvit_lambda
+    if lam is not None and not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"nvit_lambda must be a finite number >= 0, got {lam}")
+    if cfg.nvit_interval is not None and cfg.nvit_interval < 1:
+        raise ValueError(f"nvit_interval must be >= 1, got {cfg.nvit_interval}")
 
 
 def check_device(device: object) -> None:

@@ -214,6 +214,7 @@ def _search_config(cfg: TrainConfig) -> Any:
     from uvc.search import SearchConfig
 
     wanted: dict[str, Any] = {
+        "method": cfg.method,
         "budget": cfg.budget,
         "metric": cfg.metric,
         "lut": cfg.lut,
@@ -227,6 +228,9 @@ def _search_config(cfg: TrainConfig) -> Any:
         "seed": cfg.seed,
         "progress": cfg.progress,
     }
+    for name in ("nvit_lambda", "nvit_interval"):  # None: the SearchConfig default
+        if getattr(cfg, name, None) is not None:
+            wanted[name] = getattr(cfg, name)
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     return SearchConfig(**{k: v for k, v in wanted.items() if k in names})
 
@@ -341,6 +345,7 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     dense = materialize(result.model, result.keep)
     if dense.spec != result.spec:
         raise UvcError("internal: the materialized spec differs from the searched spec")
+    _log_gap(result.model, dense, result.keep, data.val, runlog)
     final = finetune(
         dense,
         teachers,
@@ -369,7 +374,7 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
         "data": cfg.data,
         "classes": data.classes,
         "original_spec": original.to_dict(),
-        "keep": [k.to_dict() for k in result.keep],
+        "keep": result.keep.to_json(),
     }
     if main:
         save_checkpoint(out / "final.pt", Checkpoint(dense.spec, dense.state_dict(), meta))
@@ -390,6 +395,23 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
         table,
         meta,
     )
+
+
+def _log_gap(model: ViT, dense: ViT, keep: Any, val: Any, runlog: Any, batches: int = 4) -> None:
+    """Log how far the materialized model is from the searched, masked one (before fine-tune)."""
+    from uvc.keep import masked_dense_gap
+
+    xs = []
+    for i, (x, _) in enumerate(val or []):
+        if i >= batches:
+            break
+        xs.append(x)
+    if not xs:
+        return
+    gap = masked_dense_gap(model, dense, keep, xs)
+    runlog({"stage": "materialize", "event": "gap", **gap})
+    log.info("masked vs dense before fine-tuning: max |logit diff| %.3g, top-1 agreement %.2f%%",
+             gap["max_logit_diff"], gap["top1_agreement"])  # fmt: skip
 
 
 def _spec_of(target: str) -> ViTSpec:
