@@ -261,17 +261,36 @@ class FolderDataset(Dataset):
         return self.transform(img), target
 
 
+SMALL_IMAGES = 64  # up to this side, train with crop-and-pad (CIFAR style), not timm's RRC
+
+
 def folder_transforms(
     img_size: int, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD
 ) -> tuple[Callable, Callable]:
-    """timm's train (random-resized-crop, flip) and eval (resize, center-crop) transforms.
+    """Train (timm's random-resized-crop and flip; crop-and-pad for small images) and eval
+    (resize, center-crop) transforms.
 
     ``mean``/``std``: the model's own statistics (``ViTSpec.preprocess``) where it records them.
     """
     from timm.data import create_transform
 
     size = (3, img_size, img_size)
-    train = create_transform(size, is_training=True, mean=mean, std=std)
+    if img_size <= SMALL_IMAGES:
+        # CIFAR-sized images: the usual random crop with padding and a flip. A random-resized
+        # crop down to 8% of a 32 px image leaves too little to learn from.
+        from torchvision import transforms as T
+
+        train = T.Compose(
+            [
+                T.Resize(img_size),
+                T.RandomCrop(img_size, padding=img_size // 8),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
+    else:
+        train = create_transform(size, is_training=True, mean=mean, std=std)
     # crop_pct 1: small images (CIFAR's 32 px) lose too much to a center crop.
     val = create_transform(size, is_training=False, mean=mean, std=std, crop_pct=1.0)
     return train, val

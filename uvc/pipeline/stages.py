@@ -256,6 +256,9 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     # The data decides the classes; the model decides the image size (or --img-size does).
     probe = None if cfg.model == DEMO_MODEL else _spec_of(cfg.model)
     img_size = cfg.img_size or (probe.img_size if probe else 32)
+    # A model that records its own preprocessing (uvc convert, spec v2) is fed its own statistics.
+    pre = probe.preprocess if probe is not None else None
+    stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
     data_cfg = DataConfig(
         cfg.data,
         img_size,
@@ -265,6 +268,7 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
         cfg.seed,
         cfg.mixup,
         cfg.cutmix,
+        **stats,
     )
     data = build_data(data_cfg, dist)
     model, trained = load_base_model(cfg.model, cfg.weights, data.num_classes, cfg.img_size)
