@@ -80,13 +80,14 @@ def test_timm_variants_convert_exactly(name, kwargs):
 def test_timm_weights_file_with_arch(tmp_path):
     import timm
 
-    original = randomize(timm.create_model("deit3_small_patch16_224", pretrained=False))
-    torch.save(original.state_dict(), tmp_path / "deit3.pth")
-    conv = convert_source(tmp_path / "deit3.pth", "timm", arch="deit3_small_patch16_224")
-    assert conv.max_abs_diff <= ATOL and conv.spec.layer_scale
-    assert conv.spec.preprocess.crop == 224 and conv.spec.preprocess.resize == 248
+    name = "vit_small_patch14_reg4_dinov2"
+    original = randomize(timm.create_model(name, pretrained=False, img_size=28, num_classes=3))
+    torch.save(original.state_dict(), tmp_path / "dino.pth")
+    conv = convert_source(tmp_path / "dino.pth", "timm", arch=name, img_size=28)
+    assert conv.max_abs_diff <= ATOL and conv.spec.layer_scale and conv.spec.num_classes == 3
+    assert conv.spec.preprocess.crop == 28 and conv.spec.preprocess.interpolation == "bicubic"
     with pytest.raises(SpecError, match="--arch"):
-        convert_source(tmp_path / "deit3.pth", "timm")
+        convert_source(tmp_path / "dino.pth", "timm")
 
 
 def test_timm_qk_norm_is_refused_by_name():

@@ -193,8 +193,9 @@ def test_cli_convert_then_inspect(tmp_path):
 
 
 def test_third_party_cifar10_vit(shared_data, tmp_path):
-    """The real model: exact conversion, its documented cost, and its accuracy on 1,000 of the
-    CIFAR-10 JPEG test images (the whole split scores 71.72%)."""
+    """The real model: exact conversion, its documented cost, and its accuracy on 500 CIFAR-10
+    JPEG test images (67% here; the whole split scores 71.72%). Normalised with uvc's old default
+    (mean = std = 0.5) instead of its own statistics it scores 38% on the same images."""
     weights = shared_data / "vit_cifar10.pth"
     if not weights.is_file():
         pytest.skip(f"{weights} is absent")
@@ -222,7 +223,7 @@ def test_third_party_cifar10_vit(shared_data, tmp_path):
     spec = ckpt.spec
     assert (macs(spec), params(spec)) == (58_502_016, 811_146)
     assert spec.norm_placement is NormPlacement.POST and spec.act is Act.RELU
-    assert _cifar_top1(out, shared_data / "cifar10-jpeg.tar.gz", per_class=100) > 0.65
+    assert _cifar_top1(out, shared_data / "cifar10-jpeg.tar.gz", per_class=50) > 0.6
 
 
 def _cifar_top1(ckpt: Path, tarball: Path, per_class: int) -> float:
@@ -234,20 +235,23 @@ def _cifar_top1(ckpt: Path, tarball: Path, per_class: int) -> float:
 
     model = load_model(ckpt).eval()
     tf = eval_transform(model.spec.preprocess, model.spec.img_size)
-    images, labels = [], []
-    with tarfile.open(tarball) as tar:
-        members = sorted(
-            (m for m in tar.getmembers() if m.isfile() and "/test/" in m.name), key=lambda m: m.name
-        )
-        classes = sorted({Path(m.name).parent.name for m in members})
-        taken = dict.fromkeys(classes, 0)
-        for m in members:
-            c = Path(m.name).parent.name
-            if taken[c] < per_class:
-                taken[c] += 1
+    images, names = [], []
+    # Stream the archive (test/ comes first in it) instead of listing all 60,000 members.
+    with tarfile.open(tarball, "r|gz") as tar:
+        taken: dict[str, int] = {}
+        for m in tar:
+            parts = Path(m.name).parts
+            if len(parts) >= 2 and parts[1] == "train":
+                break
+            wanted = m.isfile() and len(parts) == 4 and parts[1] == "test"
+            if wanted and taken.get(parts[2], 0) < per_class:
+                taken[parts[2]] = taken.get(parts[2], 0) + 1
                 with Image.open(tar.extractfile(m)) as im:
                     images.append(tf(im.convert("RGB")))
-                labels.append(classes.index(c))
+                names.append(parts[2])
+    classes = sorted(set(names))
+    assert len(classes) == 10 and len(images) == 10 * per_class
+    labels = [classes.index(n) for n in names]
     with torch.no_grad():
         pred = torch.cat(
             [model(torch.stack(images[i : i + 250])).argmax(1) for i in range(0, len(images), 250)]
@@ -255,22 +259,19 @@ def _cifar_top1(ckpt: Path, tarball: Path, per_class: int) -> float:
     return (pred == torch.tensor(labels)).float().mean().item()
 
 
-@pytest.mark.parametrize("which", ["converted", "every_v2_field"])
-def test_v2_models_export_to_onnx_exactly(tmp_path, which):
+def test_v2_models_export_to_onnx_exactly(tmp_path):
     from uvc.export.onnx import export_onnx, validate_onnx
 
     from tests.helpers import tiny_spec
     from uvc.model import ViT
     from uvc.spec import BlockSpec
 
-    if which == "converted":
-        model = from_module(randomize(PlainViT()))
-    else:
-        blocks = (BlockSpec(2, 8, 8, 0), BlockSpec(0, 0, 0, 24), BlockSpec(0, 0, 0, 0, skip=True))
+    blocks = (BlockSpec(2, 8, 8, 0), BlockSpec(0, 0, 0, 24), BlockSpec(0, 0, 0, 0, skip=True))
+    for act in ("relu", "quick_gelu"):
         spec = tiny_spec(
             blocks=blocks,
             norm_placement="post",
-            act="quick_gelu",
+            act=act,
             layer_scale=True,
             reg_tokens=2,
             no_embed_class=True,
@@ -279,6 +280,7 @@ def test_v2_models_export_to_onnx_exactly(tmp_path, which):
             fc_norm=True,
         )
         model = randomize(ViT(spec))
-    path = export_onnx(model, tmp_path / "m.onnx")
-    report = validate_onnx(model, path, [torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)])
-    assert report.max_abs <= 1e-4 and report.top1 == 1.0
+        path = export_onnx(model, tmp_path / f"{act}.onnx")
+        inputs = [torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+        report = validate_onnx(model, path, inputs)
+        assert report.max_abs <= 1e-4 and report.top1 == 1.0
