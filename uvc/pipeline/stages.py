@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,17 @@ def train(
         log.info("resuming the run in %s", resume)
     elif cfg is None:
         raise UvcError("train() needs a TrainConfig or a run folder to resume")
-    else:
+    elif _is_main_rank():
         check_claimable(cfg.out, RUN_KIND)
         _claim_out_dir(cfg)
     preflight(cfg)
-    claim(cfg.out, RUN_KIND)
+    if _is_main_rank():  # under torchrun only rank 0 writes (other ranks may see a half claim)
+        claim(cfg.out, RUN_KIND)
     return run_stages(cfg)
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_resumable(folder: str | Path) -> None:
