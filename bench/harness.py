@@ -223,6 +223,9 @@ def environment(config: BenchConfig) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        # Run-queue length (1, 5, 15 min) when the run ended: above cpu_count, other processes
+        # competed for the cores while timing.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "threads": config.threads,
         "precision": config.precision.value,
         "include_copies": config.include_copies,
@@ -328,7 +331,9 @@ def _run_backend(
             n_rounds = _time_rounds(live, config.timing, watch, baseline)
             for bm, _runner, _x, samples in live:
                 label = f"{bm.label}/{backend.value}/b{b}"
-                rows[(bm.label, b)].summary = summarize(samples, b, label, rounds=n_rounds)
+                rows[(bm.label, b)].summary = summarize(
+                    samples, b, label, rounds=n_rounds, statistic=config.timing.statistic
+                )
     finally:
         for _bm, runner in runners:
             runner.__exit__(None, None, None)
@@ -355,18 +360,20 @@ def _time_rounds(live: list[Any], timing: TimingConfig, watch: Stopwatch, baseli
             continue
         if timing.until_ci is None or time.perf_counter() - t0 > timing.ci_time_s:
             return done
-        widest = _widest_interval(live, done, baseline)
+        widest = _widest_interval(live, done, baseline, timing.statistic)
         if widest is None or widest <= timing.until_ci:
             return done
 
 
-def _widest_interval(live: list[Any], rounds: int, baseline: str) -> float | None:
+def _widest_interval(
+    live: list[Any], rounds: int, baseline: str, statistic: str = "median"
+) -> float | None:
     """The widest relative 95% interval of any model's paired speedup (None: no baseline)."""
     base = next((s for bm, _r, _x, s in live if bm.label == baseline), None)
     if base is None:
         return None
     widths = [
-        paired_speedup(base, rounds, s, rounds).rel_width
+        paired_speedup(base, rounds, s, rounds, statistic).rel_width
         for bm, _r, _x, s in live
         if bm.label != baseline
     ]

@@ -98,7 +98,7 @@ def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
         if b is None or r.summary is None or b.summary is None or not r.ok or not b.ok:
             continue
         bs, rs = b.summary, r.summary
-        ci = paired_speedup(bs.samples_ms, bs.rounds, rs.samples_ms, rs.rounds)
+        ci = paired_speedup(bs.samples_ms, bs.rounds, rs.samples_ms, rs.rounds, rs.statistic)
         r.macs_reduction = b.macs / r.macs
         r.speedup_ci = ci
         r.efficiency_ci = ci.scaled(1 / r.macs_reduction)
@@ -219,11 +219,27 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
         out += ["  ".join(c.ljust(w) for c, w in zip(ln, widths, strict=True)) for ln in lines]
     if any(r.summary is not None and r.summary.noisy for r in result.rows):
         out.append("* IQR > 10% of the median: the machine was not quiet.")
+    stat = next((r.summary.statistic for r in result.rows if r.summary is not None), "median")
     out.append(
-        "speedup, efficiency: median over rounds of paired (baseline / model) ratios, "
-        "[bootstrap 95% interval]."
+        f"speedup, efficiency: median over rounds of paired (baseline / model) ratios of round "
+        f"{stat}s, [bootstrap 95% interval]."
     )
+    warning = oversubscribed(result.environment)
+    if warning:
+        out.append(warning)
     return "\n".join(out)
+
+
+def oversubscribed(environment: dict[str, Any]) -> str | None:
+    """A warning when the run's load average exceeded the CPU count, else None."""
+    load, cpus = environment.get("load_average"), environment.get("cpu_count")
+    if not load or not cpus or load[0] <= cpus:
+        return None
+    return (
+        f"! load average {load[0]:.1f} on {cpus} CPUs: other processes competed for the cores; "
+        "long calls are preempted more often than short ones, which biases ratios of medians "
+        "(re-run on a quiet machine, or with --statistic min)."
+    )
 
 
 def _ci(value: float | None, ci: Interval | None) -> str:

@@ -58,16 +58,27 @@ class Interval:
         return f"{self.value:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
 
-def round_medians(samples: Sequence[float], rounds: int) -> list[float]:
-    """Median of each round's samples; samples come in ``rounds`` equal consecutive chunks.
+STATISTICS = ("median", "min")
+
+
+def round_medians(samples: Sequence[float], rounds: int, statistic: str = "median") -> list[float]:
+    """Median (or minimum) of each round's samples; samples come in ``rounds`` equal consecutive
+    chunks.
+
+    The minimum suits a CPU shared with other processes: there a call is preempted with a
+    probability that grows with its duration, so the median of a long call inflates more than a
+    short one's and their ratio is biased; the fastest call of a round is the least disturbed.
 
     Raises:
-        ValueError: the samples do not split into ``rounds`` equal chunks.
+        ValueError: the samples do not split into ``rounds`` equal chunks, or an unknown statistic.
     """
     if rounds < 1 or len(samples) % rounds or not samples:
         raise ValueError(f"{len(samples)} samples do not split into {rounds} equal rounds")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     k = len(samples) // rounds
-    return [statistics.median(samples[i * k : (i + 1) * k]) for i in range(rounds)]
+    pick = statistics.median if statistic == "median" else min
+    return [pick(samples[i * k : (i + 1) * k]) for i in range(rounds)]
 
 
 def paired_ratios(baseline: Sequence[float], other: Sequence[float]) -> list[float]:
@@ -110,10 +121,13 @@ def paired_speedup(
     baseline_rounds: int,
     samples: Sequence[float],
     rounds: int,
+    statistic: str = "median",
 ) -> Interval:
-    """Speedup of a model over the baseline: median of per-round ratios, with its interval."""
+    """Speedup of a model over the baseline: median of per-round ratios (of each round's median,
+    or minimum), with its interval."""
     ratios = paired_ratios(
-        round_medians(baseline_samples, baseline_rounds), round_medians(samples, rounds)
+        round_medians(baseline_samples, baseline_rounds, statistic),
+        round_medians(samples, rounds, statistic),
     )
     return bootstrap_median(ratios)
 

@@ -38,6 +38,8 @@ class TimingConfig:
             None: exactly ``rounds`` rounds.
         ci_time_s: with ``until_ci``, stop adding rounds after this many seconds per backend and
             batch size, however wide the intervals still are.
+        statistic: each round's ``median`` (default) or ``min`` forms the paired ratios; ``min``
+            for a CPU shared with other processes (see ``uvc.bench.stats.round_medians``).
     """
 
     warmup: int = 5
@@ -46,6 +48,7 @@ class TimingConfig:
     warmup_per_round: int = 1
     until_ci: float | None = None
     ci_time_s: float = 120.0
+    statistic: str = "median"
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.warmup_per_round < 0:
@@ -54,6 +57,8 @@ class TimingConfig:
             raise ValueError(f"rounds and reps must be >= 1, got {self.rounds}, {self.reps}")
         if self.until_ci is not None and self.until_ci <= 0:
             raise ValueError(f"until_ci must be a positive relative width, got {self.until_ci}")
+        if self.statistic not in ("median", "min"):
+            raise ValueError(f"statistic must be median or min, got {self.statistic!r}")
         if self.ci_time_s <= 0:
             raise ValueError(f"ci_time_s must be positive, got {self.ci_time_s}")
 
@@ -114,6 +119,7 @@ class Summary:
         samples_ms: every sample, in the order taken.
         rounds: the samples are ``rounds`` equal consecutive chunks, one per round-robin pass
             (what ``uvc.bench.stats`` pairs with the baseline's rounds).
+        statistic: what summarises a round for the paired ratios (``median`` or ``min``).
     """
 
     n: int
@@ -128,6 +134,7 @@ class Summary:
     noisy: bool
     samples_ms: tuple[float, ...]
     rounds: int = 1
+    statistic: str = "median"
 
     @property
     def spread(self) -> float:
@@ -142,7 +149,13 @@ class Summary:
         return out
 
 
-def summarize(samples_s: Sequence[float], batch: int, label: str = "", rounds: int = 1) -> Summary:
+def summarize(
+    samples_s: Sequence[float],
+    batch: int,
+    label: str = "",
+    rounds: int = 1,
+    statistic: str = "median",
+) -> Summary:
     """Summarise per-call times (seconds) of calls on ``batch`` images.
 
     Args:
@@ -150,6 +163,7 @@ def summarize(samples_s: Sequence[float], batch: int, label: str = "", rounds: i
         batch: images per call.
         label: names the row in the spread warning.
         rounds: the samples split into this many equal consecutive rounds.
+        statistic: how a round is summarised for paired ratios (recorded, not used here).
 
     Raises:
         ValueError: no samples, a negative sample, a batch < 1, or samples that do not split
@@ -195,6 +209,7 @@ def summarize(samples_s: Sequence[float], batch: int, label: str = "", rounds: i
         noisy=noisy,
         samples_ms=tuple(1e3 * float(s) for s in samples_s),
         rounds=rounds,
+        statistic=statistic,
     )
 
 

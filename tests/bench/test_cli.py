@@ -76,10 +76,11 @@ def test_check_exit_codes_and_outputs(spec_files: tuple[str, str], tmp_path: Pat
 def test_until_ci_adds_rounds_within_the_time_cap(spec_files: tuple[str, str]) -> None:
     dense, half = spec_files
     args = ["bench", half, "--baseline", dense, "--backends", "eager", *FAST, "--rounds", "2"]
-    res = _run(*args, "--until-ci", "1e-9", "--ci-time", "0.5", "--check")
+    res = _run(*args, "--until-ci", "1e-9", "--ci-time", "0.5", "--check", "--statistic", "min")
     # An interval 1e-9 wide is never reached: rounds are added until the time cap, then stop.
     assert res.exit_code in (0, 1, 3), res.output
     assert "rounds < 5" not in res.output  # more than 2 rounds were run in 0.5 s
+    assert "ratios of round mins" in res.output
 
 
 def test_lut_command_writes_a_table(tmp_path: Path) -> None:

@@ -150,3 +150,42 @@ def test_check_lines_and_exit_codes() -> None:
     assert "3 rounds < 5" in line
     only_base = BenchResult({}, [], "dense", result.rows[:1])
     assert check_result(only_base, BAR).exit_code == 1
+
+
+def _preempted(seed: int, speedup: float, rounds: int = 10, reps: int = 10) -> tuple[list, list]:
+    """A CPU shared with other processes: a call of T ms is preempted with probability T / 4 ms
+    (a scheduler slice) and then waits 7 ms more, so long calls are hit more often."""
+    rng = np.random.default_rng(seed)
+
+    def call(t: float) -> float:
+        return (t + (7.0 if rng.random() < min(1.0, t / 4.0) else 0.0)) / 1e3
+
+    base, comp = [], []
+    for _ in range(rounds):
+        base += [call(3.0) for _ in range(reps)]
+        comp += [call(3.0 / speedup) for _ in range(reps)]
+    return base, comp
+
+
+def test_preemption_biases_medians_and_round_minima_resist_it() -> None:
+    base, comp = _preempted(0, speedup=2.0)
+    by_median = paired_speedup(base, 10, comp, 10)
+    by_min = paired_speedup(base, 10, comp, 10, statistic="min")
+    assert by_median.lo > 2.5  # confidently wrong: the 3 ms calls are preempted 75% of the time
+    assert by_min.lo <= 2.0 <= by_min.hi
+    assert round_medians([5.0, 1.0, 3.0, 9.0], 2, "min") == [1.0, 3.0]
+    with pytest.raises(ValueError, match="statistic"):
+        round_medians([1.0], 1, "mean")
+
+
+def test_oversubscribed_machine_is_flagged_in_the_table() -> None:
+    from uvc.bench.report import format_table, oversubscribed
+
+    assert oversubscribed({"load_average": [1.5, 1, 1], "cpu_count": 2}) is None
+    assert oversubscribed({}) is None
+    busy = {"load_average": [7.4, 6, 5], "cpu_count": 2}
+    assert "load average 7.4 on 2 CPUs" in (oversubscribed(busy) or "")
+    base, comp = _pair(0, speedup=2.0)
+    result = _rows(base, comp, 10, 2.0)
+    result.environment = busy
+    assert "--statistic min" in format_table(result)

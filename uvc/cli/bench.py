@@ -68,6 +68,13 @@ from uvc.errors import UvcError
     show_default=True,
     help="With --until-ci: seconds of extra rounds at most, per backend and batch size.",
 )
+@click.option(
+    "--statistic",
+    type=click.Choice(["median", "min"]),
+    default="median",
+    show_default=True,
+    help="What summarises each round for the paired ratios; min resists other processes' load.",
+)
 @click.option("--include-copies", is_flag=True, help="Time host<->device copies too.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every sample.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Latency-vs-batch PNG.")
@@ -106,6 +113,7 @@ def bench(
     reps: int,
     until_ci: float | None,
     ci_time: float,
+    statistic: str,
     include_copies: bool,
     json_path: str | None,
     plot_path: str | None,
@@ -139,7 +147,12 @@ def bench(
             precision=precision,
             threads=threads or default_threads(),
             timing=TimingConfig(
-                warmup=warmup, rounds=rounds, reps=reps, until_ci=until_ci, ci_time_s=ci_time
+                warmup=warmup,
+                rounds=rounds,
+                reps=reps,
+                until_ci=until_ci,
+                ci_time_s=ci_time,
+                statistic=statistic,
             ),
             include_copies=include_copies,
         )
