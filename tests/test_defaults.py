@@ -1,0 +1,31 @@
+"""Each default lives in one place: the CLI's options agree with the config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from uvc.api import SETTINGS
+from uvc.cli import cli
+from uvc.pipeline.config import TrainConfig
+
+
+def _options(command: click.Command) -> dict[str, click.Option]:
+    return {p.name: p for p in command.params if isinstance(p, click.Option) and p.name}
+
+
+def test_train_options_default_to_the_train_config() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    options = _options(cli.commands["train"])
+    shared = sorted(set(fields) & set(options))
+    assert len(shared) >= 25, shared  # nearly every setting is an option
+    for name in shared:
+        assert options[name].default == fields[name], name
+    # Settings without an option of the same name are spelled differently on purpose.
+    assert set(fields) - set(options) <= {"progress"}  # --no-progress
+
+
+def test_compress_settings_are_train_settings() -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(SETTINGS) <= fields
