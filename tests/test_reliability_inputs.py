@@ -242,3 +242,24 @@ def test_lut_shows_progress_and_export_reads_export_folders(
         res = CliRunner().invoke(cli, ["export", src, "--out", str(dst), "--no-onnx"])
         assert res.exit_code == 0, res.output
     assert (first / "spec.json").read_text() == (second / "spec.json").read_text()
+
+
+def test_budget_floor_follows_the_method(tmp_path: Path) -> None:
+    """uniform keeps full-width heads (a higher floor, the one its own code refuses below);
+    nvit can also narrow the embedding (a lower one)."""
+    from uvc.errors import UvcError
+    from uvc.methods.uniform import uniform_ratio
+    from uvc.resource import ResourceModel
+
+    spec = demo_spec()
+    uvc_floor = budget_floor(spec, "macs").ratio
+    uniform = budget_floor(spec, "macs", method="uniform").ratio
+    nvit = budget_floor(spec, "macs", method="nvit").ratio
+    assert nvit < uvc_floor < uniform
+    res = ResourceModel(spec, "macs")
+    uniform_ratio(res, uniform * 1.0001)  # reachable
+    with pytest.raises(UvcError):
+        uniform_ratio(res, uniform * 0.999)
+    args = ["train", "--method", "uniform", "--budget", "0.1", "--out", str(tmp_path / "o")]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 2 and "--method uniform" in out.stderr

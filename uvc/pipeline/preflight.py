@@ -20,6 +20,12 @@ from uvc.errors import UvcError
 from uvc.pipeline.config import TrainConfig
 from uvc.spec import BlockSpec, ViTSpec
 
+FLOOR_SHAPES = {
+    "uvc": "1 head, minimal qk/v widths and 1 MLP unit in every block",
+    "uniform": "1 head and 1 MLP unit in every block",
+    "nvit": "the last chunk of every width, the embedding included",
+}
+
 
 @dataclass(frozen=True)
 class Floor:
@@ -52,14 +58,15 @@ def preflight(cfg: TrainConfig) -> ViTSpec:
     lut = None
     if cfg.metric == "latency":
         lut = load_lut(cfg.lut, spec)  # type: ignore[arg-type]
-    floor = budget_floor(spec, cfg.metric, lut, cfg.align)
+    method = getattr(cfg, "method", "uvc")
+    floor = budget_floor(spec, cfg.metric, lut, cfg.align, method)
     if not 0 < floor.ratio < float("inf"):
         raise UvcError(f"the cost model gives an unusable floor ({floor.ratio}) for this model")
     if cfg.budget < floor.ratio:
         raise UvcError(
-            f"--budget {cfg.budget:g} cannot be reached: the smallest model the search can build "
-            f"(1 head, minimal qk/v widths and 1 MLP unit in every block) keeps "
-            f"{floor.ratio:.4f} of the {cfg.metric}; pass --budget {_round_up(floor.ratio)} or more"
+            f"--budget {cfg.budget:g} cannot be reached: the smallest model --method {method} "
+            f"can build ({FLOOR_SHAPES.get(method, 'its narrowest')}) keeps {floor.ratio:.4f} "
+            f"of the {cfg.metric}; pass --budget {_round_up(floor.ratio)} or more"
         )
     return spec
 
@@ -148,30 +155,69 @@ def load_lut(path: str, spec: ViTSpec) -> object:
     return table
 
 
-def budget_floor(spec: ViTSpec, metric: str, lut: object = None, align: int = 1) -> Floor:
-    """The smallest ``metric`` ratio the search can guarantee for ``spec``.
+def budget_floor(
+    spec: ViTSpec, metric: str, lut: object = None, align: int = 1, method: str = "uvc"
+) -> Floor:
+    """The smallest ``metric`` ratio ``method`` can guarantee for ``spec``.
 
-    The search may prune every block down to one head, ``align`` query/key and value dims (1 by
-    default) and ``align`` MLP units (``uvc.structure``: at least one unit always survives); the
-    final projection onto the budget (``uvc.dual.project_to_budget``) goes no lower. Skip gates
-    could remove whole parts, but the projection never changes gate decisions, so a budget below
-    this floor is not guaranteed to be met.
+    - uvc: every block down to one head, ``align`` query/key and value dims (1 by default) and
+      ``align`` MLP units (``uvc.structure``: at least one unit always survives); the final
+      projection onto the budget (``uvc.dual.project_to_budget``) goes no lower. Skip gates could
+      remove whole parts, but the projection never changes gate decisions, so a budget below this
+      floor is not guaranteed to be met.
+    - uniform: one head (at full qk/v width) and one MLP unit per block (``uvc.methods.uniform``).
+    - nvit: each group down to its last chunk above the units that must survive, and the embedding
+      width too (unless a latency table has no embedding axis) (``uvc.methods.nvit``).
     """
     from uvc.resource import ResourceModel
     from uvc.structure import aligned_width
 
     res = ResourceModel(spec, metric, lut)  # type: ignore[arg-type]
-    smallest = tuple(
-        BlockSpec(
-            1 if b.heads else 0,
-            aligned_width(1, b.qk_dim, align) if b.heads else 0,
-            aligned_width(1, b.v_dim, align) if b.heads else 0,
-            aligned_width(1, b.mlp_dim, align) if b.mlp_dim else 0,
-        )
-        for b in spec.blocks
-    )
     full = res.full
-    return Floor(res.of_spec(spec.replace(blocks=smallest)) / full, res.fixed / full)
+    if method == "nvit":
+        return Floor(_nvit_floor(spec, metric, lut, align), res.fixed / full)
+    if method == "uniform":
+        from uvc.methods.uniform import uniform_widths
+
+        blocks = [BlockSpec(h.heads, h.qk, int(h.v), h.mlp) for h in uniform_widths(res, 0.0)]
+    else:
+        blocks = [
+            BlockSpec(
+                1 if b.heads else 0,
+                aligned_width(1, b.qk_dim, align) if b.heads else 0,
+                aligned_width(1, b.v_dim, align) if b.heads else 0,
+                aligned_width(1, b.mlp_dim, align) if b.mlp_dim else 0,
+            )
+            for b in spec.blocks
+        ]
+    return Floor(res.of_spec(spec.replace(blocks=tuple(blocks))) / full, res.fixed / full)
+
+
+def _nvit_floor(spec: ViTSpec, metric: str, lut: object, align: int) -> float:
+    """NViT removes whole chunks while more than the survivors are left (its ``mins``)."""
+    from uvc.cost import model_cost
+    from uvc.methods.nvit import chunk_sizes
+    from uvc.structmap import Kind
+
+    size = chunk_sizes(spec, None, align)
+
+    def least(n: int, kind: Kind) -> int:
+        keep = 1 if kind is Kind.HEAD else min(align, n)
+        return n - size[kind] * ((n - keep) // size[kind]) if n else 0
+
+    blocks = tuple(
+        BlockSpec(least(b.heads, Kind.HEAD), least(b.qk_dim, Kind.QK), least(b.v_dim, Kind.V),
+                  least(b.mlp_dim, Kind.MLP))
+        if b.heads else BlockSpec(0, 0, 0, least(b.mlp_dim, Kind.MLP))
+        for b in spec.blocks
+    )  # fmt: skip
+    prune_embed = lut is None or getattr(lut, "embed_grid", None) is not None
+    embed = least(spec.embed_dim, Kind.EMBED) if prune_embed else spec.embed_dim
+    smallest = spec.replace(embed_dim=embed, blocks=blocks)
+    if lut is not None:
+        return float(lut.model_ms(smallest) / lut.model_ms(spec))  # type: ignore[attr-defined]
+    cost, base = model_cost(smallest), model_cost(spec)
+    return cost.macs / base.macs if metric == "macs" else cost.params / base.params
 
 
 def _round_up(x: float) -> str:
