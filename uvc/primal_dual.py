@@ -37,7 +37,7 @@ from uvc.model import ViT
 from uvc.optim import param_groups
 from uvc.resource import Metric, ResourceModel
 from uvc.schedules import cosine_lr, geometric, linear
-from uvc.structure import HardBlock, Structure, keep_from_hard
+from uvc.structure import HardBlock, SoftBlock, Structure, keep_from_hard
 from uvc.teacher import teacher_logits
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,7 @@ class PrimalDual:
         total: int,
         warmup: bool,
     ) -> dict[str, Any]:
+        """One primal-dual step on a batch (see the module docstring for its order)."""
         cfg, model = self.cfg, self.model
         lr = self.lr_at(step, total)
         for g in self.opt.param_groups:
@@ -250,44 +251,12 @@ class PrimalDual:
         scores = self.importance(model)
         norms = scores if self.importance.criterion is Criterion.MAGNITUDE else magnitude(model)
         soft = self.structure(scores, norms)
-        gst = self.gates.straight_through()  # exact decisions forward, probabilities backward
-        r = (
-            self.res.total(
-                [
-                    self.res.block(
-                        sb.heads,
-                        sb.qk,
-                        sb.v,
-                        sb.mlp,
-                        gst[i, BLOCK] * gst[i, ATTN],
-                        gst[i, BLOCK] * gst[i, MLP],
-                        gst[i, BLOCK],
-                    )
-                    for i, sb in enumerate(soft)
-                ]
-            )
-            / self.res.full
-        )
-        gf = self.forward_gates(step, total, warmup)
-        active = self.gates.active.tolist()
-        part_on = active[ATTN] and not warmup
-        masks = [
-            BlockMasks(
-                qk=sb.qk_mask,
-                v=sb.v_mask,
-                mlp=sb.mlp_mask,
-                attn_gate=gf[i, ATTN] if part_on else None,
-                mlp_gate=gf[i, MLP] if part_on else None,
-                gate=gf[i, BLOCK] if active[BLOCK] else None,
-            )
-            for i, sb in enumerate(soft)
-        ]
-        amp = autocast(self.device, cfg.amp)
-        with amp:
+        r = self._resource(soft)
+        with autocast(self.device, cfg.amp):
             # ``uvc.teacher`` knows how a ``Teachers`` pair feeds a distillation-token student.
             distilled = model.spec.dist_token and model.distilled_training
             t_logits, token_logits = teacher_logits(teacher, x, distilled)
-            with masked(model, masks):
+            with masked(model, self._masks(soft, step, total, warmup)):
                 out = model(x)
             kd = loss_fn(out, t, t_logits, token_logits)
         lost = torch.stack([sb.lost for sb in soft])
@@ -298,42 +267,11 @@ class PrimalDual:
         # budget keeps pruning far past the target before it has decayed.
         budget_term = z * (torch.clamp(gap, min=0.0) if cfg.budget_hinge else gap)
         lag = kd + (self.duals.per_part().to(lost) * lost).sum() + budget_term
-        (self.scaler.scale(lag) if self.scaler else lag).backward()
-        extra = list(self.structure.parameters()) + list(self.gates.parameters())
-        all_reduce_grads(list(model.parameters()) + extra, self.dist)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.opt)
-            inv = 1.0 / self.scaler.get_scale()
-            for p in extra:
-                if p.grad is not None:
-                    p.grad.mul_(inv)
-        self.importance.observe(model)
-        if self.scaler is not None:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self._weights_step(lag)
         # Proximal step on the groups pruned at this step's decisions (before the counts move).
         keep_now = keep_from_hard(model.spec, scores, self.structure.hard())
         shares = proximal_shrink_(model, keep_now, self.duals, lr)
-        with torch.no_grad():
-            sp = [p for p in self.structure.parameters() if p.grad is not None]
-            if sp and all(torch.isfinite(p.grad).all() for p in sp):
-                torch.nn.utils.clip_grad_norm_(sp, cfg.struct_clip)
-                for p in sp:
-                    p -= cfg.struct_lr * self.pace(step, total) * p.grad
-            self.structure.project_()
-            gate_step = (
-                not warmup
-                and cfg.gates is not GateMode.NONE
-                and (step + 1) % cfg.gating_interval == 0
-            )
-            lg = self.gates.logits
-            if gate_step and lg.grad is not None and torch.isfinite(lg.grad).all():
-                lg -= cfg.gate_lr * lg.grad
-        for p in extra:
-            p.grad = None
+        self._structure_step(step, total, warmup)
         r_val = float(r.detach())
         zlr = self.z_lr_at(step, total) * self.pace(step, total)
         self.duals.z = ascend_z(self.duals.z, r_val, cfg.budget, zlr)
@@ -352,6 +290,75 @@ class PrimalDual:
             "gumbel_tau": self.tau_at(step, total),
             "warmup": warmup,
         }
+
+    def _resource(self, soft: list[SoftBlock]) -> Tensor:
+        """R / R_full of the soft state; gates enter straight-through (exact forward)."""
+        gst = self.gates.straight_through()
+        blocks = [
+            self.res.block(
+                sb.heads, sb.qk, sb.v, sb.mlp,
+                gst[i, BLOCK] * gst[i, ATTN], gst[i, BLOCK] * gst[i, MLP], gst[i, BLOCK],
+            )
+            for i, sb in enumerate(soft)
+        ]  # fmt: skip
+        return self.res.total(blocks) / self.res.full
+
+    def _masks(
+        self, soft: list[SoftBlock], step: int, total: int, warmup: bool
+    ) -> list[BlockMasks]:
+        """The masked forward's multipliers: soft widths and the sampled (or fixed) gates."""
+        gf = self.forward_gates(step, total, warmup)
+        active = self.gates.active.tolist()
+        part_on = active[ATTN] and not warmup
+        return [
+            BlockMasks(
+                qk=sb.qk_mask,
+                v=sb.v_mask,
+                mlp=sb.mlp_mask,
+                attn_gate=gf[i, ATTN] if part_on else None,
+                mlp_gate=gf[i, MLP] if part_on else None,
+                gate=gf[i, BLOCK] if active[BLOCK] else None,
+            )
+            for i, sb in enumerate(soft)
+        ]
+
+    def _weights_step(self, lag: Tensor) -> None:
+        """Backpropagate the Lagrangian (gradients averaged over ranks) and step AdamW."""
+        (self.scaler.scale(lag) if self.scaler else lag).backward()
+        extra = list(self.structure.parameters()) + list(self.gates.parameters())
+        all_reduce_grads(list(self.model.parameters()) + extra, self.dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+            inv = 1.0 / self.scaler.get_scale()
+            for p in extra:
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        self.importance.observe(self.model)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _structure_step(self, step: int, total: int, warmup: bool) -> None:
+        """Projected SGD on the counts (norm-clipped), gate SGD every ``gating_interval``."""
+        cfg = self.cfg
+        sp = [p for p in self.structure.parameters() if p.grad is not None]
+        if sp and all(torch.isfinite(p.grad).all() for p in sp):
+            torch.nn.utils.clip_grad_norm_(sp, cfg.struct_clip)
+            for p in sp:
+                p -= cfg.struct_lr * self.pace(step, total) * p.grad
+        self.structure.project_()
+        gate_step = (
+            not warmup and cfg.gates is not GateMode.NONE and (step + 1) % cfg.gating_interval == 0
+        )
+        lg = self.gates.logits
+        if gate_step and lg.grad is not None and torch.isfinite(lg.grad).all():
+            lg -= cfg.gate_lr * lg.grad
+        for p in list(self.structure.parameters()) + list(self.gates.parameters()):
+            p.grad = None
 
     def hard(self) -> list[HardBlock]:
         """Integer decisions now: counts and gates (a part survives iff its gates say keep)."""
