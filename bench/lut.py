@@ -29,9 +29,9 @@ from uvc.bench.ort_runner import OrtRunner
 from uvc.bench.runners import Backend, Precision, Runner, RunnerConfig, TorchRunner
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
-from uvc.cost import LUT_FORMAT, LUT_VERSION, LatencyTable
+from uvc.cost import LUT_FORMAT, LUT_VERSION, LUT_VERSION_EMBED, LatencyTable
 from uvc.errors import BackendUnavailable, SpecError
-from uvc.keep import random_keep, spec_after
+from uvc.keep import KeepSet, random_keep, spec_after
 from uvc.model import ViT, block_for
 from uvc.spec import BlockSpec, ViTSpec
 
@@ -89,6 +89,9 @@ class LutConfig:
             processes a short call is rarely preempted and a long one often, so medians of short
             sub-layers under-predict long whole models; the minimum estimates the unloaded time
             of both alike.
+        embed_dims: an embedding-width axis (NViT's embedding pruning): every grid is measured
+            at each of these widths (which must include the spec's) and the table is written as
+            version 2; empty: one width, version 1.
     """
 
     spec: ViTSpec
@@ -104,10 +107,17 @@ class LutConfig:
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=1, rounds=3, reps=5))
     exporter: str = "dynamo"
     statistic: str = "median"
+    embed_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.statistic not in ("median", "min"):
             raise ValueError(f"statistic must be median or min, got {self.statistic!r}")
+        e = tuple(int(v) for v in self.embed_dims)
+        if e and (len(e) < 2 or list(e) != sorted(set(e)) or e[0] < 1):
+            raise ValueError(f"embed_dims needs >= 2 increasing positive widths, got {e}")
+        if e and self.spec.embed_dim not in e:
+            raise ValueError(f"embed_dims must include the model's width {self.spec.embed_dim}")
+        object.__setattr__(self, "embed_dims", e)
         object.__setattr__(self, "backend", Backend(self.backend))
         if self.exporter not in LUT_EXPORTERS:
             raise ValueError(f"exporter must be one of {LUT_EXPORTERS}, got {self.exporter!r}")
@@ -239,57 +249,61 @@ def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable,
     set_threads(config.threads)
     spec = config.spec
     d, n = spec.embed_dim, spec.num_tokens
-    tok_shape = (n, d)
+    widths = config.embed_dims or (d,)
     points = [
         BlockSpec(h, q, v, 0) for h in config.heads for q in config.qk_dims for v in config.v_dims
     ] + [BlockSpec(0, 0, 0, m) for m in config.mlp_dims]
-    modules: list[tuple[nn.Module, tuple[int, ...]]] = [
-        (block_for(spec, b), tok_shape) for b in points
-    ]
+    modules: list[tuple[nn.Module, tuple[int, ...]]] = []
+    for e in widths:
+        at = spec.replace(embed_dim=e)
+        modules += [(block_for(at, b), (n, e)) for b in points]
     # What one call costs beyond its work (ONNX Runtime's run(), Python dispatch): each sub-layer
     # pays it once when timed alone, a whole model once in all; it is taken out of every point.
-    modules.append((CallOverhead(), tok_shape))
+    modules.append((CallOverhead(), (n, d)))
     # Fixed parts: the same model with one empty block (an identity), so nothing of a block counts.
-    frame = spec.replace(blocks=(BlockSpec(0, 0, 0, 0),))
-    modules.append((ViT(frame), (spec.in_chans, spec.img_size, spec.img_size)))
+    img = (spec.in_chans, spec.img_size, spec.img_size)
+    for e in widths:
+        modules.append((ViT(spec.replace(embed_dim=e, blocks=(BlockSpec(0, 0, 0, 0),))), img))
     modules += [(ViT(s), (s.in_chans, s.img_size, s.img_size)) for s in specs]
     ms = time_modules(modules, config)
     ms, whole = ms[: len(modules) - len(specs)], ms[len(modules) - len(specs) :]
-    n_attn = len(points) - len(config.mlp_dims)
-    overhead, fixed = ms[-2], ms[-1]
-    ms = [max(0.0, v - overhead) for v in ms[:-2]]
-    attn = torch.tensor(ms[:n_attn]).reshape(
-        len(config.heads), len(config.qk_dims), len(config.v_dims)
-    )
-    mlp = ms[n_attn:]
+    k, n_attn = len(points), len(points) - len(config.mlp_dims)
+    overhead, fixed = ms[len(widths) * k], ms[len(widths) * k + 1 :]
+    grid = torch.tensor([max(0.0, v - overhead) for v in ms[: len(widths) * k]]).view(-1, k)
+    attn = grid[:, :n_attn].reshape(-1, len(config.heads), len(config.qk_dims), len(config.v_dims))
+    mlp = grid[:, n_attn:]
     log.info(
-        "measured %d attention, %d MLP points and the fixed parts; %.4f ms per-call overhead "
-        "taken out of every point",
+        "measured %d attention, %d MLP points and the fixed parts at %d embed width(s); %.4f ms "
+        "per-call overhead taken out of every point",
         n_attn,
-        len(mlp),
+        len(config.mlp_dims),
+        len(widths),
         overhead,
     )
-    table = LatencyTable.from_dict(
-        {
-            "format": LUT_FORMAT,
-            "version": LUT_VERSION,
-            "unit": "ms",
-            "device": _device_name(config.device),
-            "backend": config.backend.value,
-            "batch": config.batch,
-            "embed_dim": d,
-            "tokens": n,
-            "fixed_ms": fixed,
-            "attn": {
-                "heads": list(config.heads),
-                "qk_dim": list(config.qk_dims),
-                "v_dim": list(config.v_dims),
-                "ms": attn.tolist(),
-            },
-            "mlp": {"mlp_dim": list(config.mlp_dims), "ms": mlp},
-        }
-    )
-    return table, whole
+    data = {
+        "format": LUT_FORMAT,
+        "version": LUT_VERSION_EMBED if config.embed_dims else LUT_VERSION,
+        "unit": "ms",
+        "device": _device_name(config.device),
+        "backend": config.backend.value,
+        "batch": config.batch,
+        "embed_dim": d,
+        "tokens": n,
+        "fixed_ms": fixed[widths.index(d)],
+        "attn": {
+            "heads": list(config.heads),
+            "qk_dim": list(config.qk_dims),
+            "v_dim": list(config.v_dims),
+            "ms": (attn if config.embed_dims else attn[0]).tolist(),
+        },
+        "mlp": {
+            "mlp_dim": list(config.mlp_dims),
+            "ms": (mlp if config.embed_dims else mlp[0]).tolist(),
+        },
+    }
+    if config.embed_dims:
+        data["embed"] = {"embed_dim": list(widths), "fixed_ms": list(fixed)}
+    return LatencyTable.from_dict(data), whole
 
 
 class CallOverhead(nn.Module):
@@ -309,9 +323,12 @@ def _device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def random_specs(spec: ViTSpec, n: int, seed: int = 0, low: float = 0.3) -> list[ViTSpec]:
+def random_specs(
+    spec: ViTSpec, n: int, seed: int = 0, low: float = 0.3, min_embed: int | None = None
+) -> list[ViTSpec]:
     """``n`` random compressed versions of ``spec`` (keep fractions in [low, 1], some blocks'
-    attention or MLP removed) -- the kind of spec a search visits."""
+    attention or MLP removed; with ``min_embed`` also a random embed width from there up to the
+    spec's) -- the kind of spec a search visits."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -321,6 +338,9 @@ def random_specs(spec: ViTSpec, n: int, seed: int = 0, low: float = 0.3) -> list
         keep = random_keep(
             spec, rng.uniform(low, 1.0), seed + i, drop_attn=drop_attn, drop_mlp=drop_mlp
         )
+        if min_embed is not None:
+            width = rng.randint(min_embed, spec.embed_dim)
+            keep = KeepSet(keep, sorted(rng.sample(range(spec.embed_dim), width)))
         out.append(spec_after(spec, keep))
     return out
 
@@ -375,7 +395,8 @@ def build_lut(
 ) -> tuple[LatencyTable, LutError | None]:
     """Measure a table, save it to ``out`` and, if ``check_specs`` > 0, measure its prediction
     error over that many random compressed versions of ``config.spec``."""
-    specs = random_specs(config.spec, check_specs, seed) if check_specs > 0 else []
+    low = min(config.embed_dims) if config.embed_dims else None
+    specs = random_specs(config.spec, check_specs, seed, min_embed=low) if check_specs > 0 else []
     table, measured = _measure(config, specs)
     table.save(out)
     log.info("latency table written to %s", out)

@@ -181,7 +181,8 @@ def params(spec: ViTSpec) -> int:
 # --- latency lookup tables ------------------------------------------------------------------
 
 LUT_FORMAT = "uvc-latency-lut"
-LUT_VERSION = 1
+LUT_VERSION = 1  # a table measured at one embed width
+LUT_VERSION_EMBED = 2  # with an embedding-width axis (NViT's embedding pruning)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,11 @@ class LatencyTable:
                   "ms": [[[...]]]},          # ms[i][j][k] at heads[i], qk_dim[j], v_dim[k]
          "mlp": {"mlp_dim": [64, 384, 768], "ms": [...]}}
 
+    Version 2 adds an embedding-width axis in front of every grid: ``"embed": {"embed_dim":
+    [...], "fixed_ms": [...]}``, ``attn.ms[e][i][j][k]`` and ``mlp.ms[e][m]`` at
+    ``embed_dim[e]``; ``embed_dim``/``fixed_ms`` at the top stay the reference (full) width's, and a
+    query without a width is at that width. Version 1 files still load.
+
     Grids must be strictly increasing; queries outside a grid are extrapolated linearly from
     the nearest cell (a warning sign that the table should be re-measured over a wider grid).
     """
@@ -211,13 +217,19 @@ class LatencyTable:
     mlp_grid: tuple[float, ...]
     mlp_ms: Tensor  # (len(mlp),)
     meta: dict[str, Any]
+    embed_grid: tuple[float, ...] | None = None  # v2: attn_ms, mlp_ms gain a leading embed axis
+    embed_fixed_ms: Tensor | None = None  # v2: (len(embed_grid),)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
         """Parse and validate the JSON structure described in the class docstring."""
-        if data.get("format") != LUT_FORMAT or data.get("version") != LUT_VERSION:
-            raise SpecError(f"not a {LUT_FORMAT} v{LUT_VERSION} file")
+        version = data.get("version")
+        if data.get("format") != LUT_FORMAT or version not in (LUT_VERSION, LUT_VERSION_EMBED):
+            raise SpecError(f"not a {LUT_FORMAT} v{LUT_VERSION} or v{LUT_VERSION_EMBED} file")
         try:
+            emb = data["embed"] if version == LUT_VERSION_EMBED else None
+            egrid = None if emb is None else tuple(float(x) for x in emb["embed_dim"])
+            efixed = None if emb is None else torch.tensor(emb["fixed_ms"], dtype=torch.float64)
             attn, mlp = data["attn"], data["mlp"]
             grid = tuple(tuple(float(x) for x in attn[k]) for k in ("heads", "qk_dim", "v_dim"))
             attn_ms = torch.tensor(attn["ms"], dtype=torch.float64)
@@ -232,12 +244,20 @@ class LatencyTable:
                 mlp_grid=mlp_grid,
                 mlp_ms=mlp_ms,
                 meta={k: data[k] for k in ("device", "backend", "batch", "unit") if k in data},
+                embed_grid=egrid,
+                embed_fixed_ms=efixed,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"malformed latency table: {exc!r}") from None
-        if attn_ms.shape != tuple(len(g) for g in grid) or mlp_ms.shape != (len(mlp_grid),):
+        lead = () if egrid is None else (len(egrid),)
+        if attn_ms.shape != (*lead, *(len(g) for g in grid)) or mlp_ms.shape != (
+            *lead,
+            len(mlp_grid),
+        ):
             raise SpecError("latency table: 'ms' arrays do not match their grids")
-        for g in (*grid, mlp_grid):
+        if egrid is not None and (efixed is None or efixed.shape != lead):
+            raise SpecError("latency table: embed 'fixed_ms' does not match its grid")
+        for g in (*grid, mlp_grid, *((egrid,) if egrid is not None else ())):
             if len(g) < 2 or any(b <= a for a, b in itertools.pairwise(g)):
                 raise SpecError("latency table grids need >= 2 strictly increasing points")
         return table
@@ -245,9 +265,9 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure (inverse of ``from_dict``)."""
         heads, qk, v = self.attn_grid
-        return {
+        out = {
             "format": LUT_FORMAT,
-            "version": LUT_VERSION,
+            "version": LUT_VERSION if self.embed_grid is None else LUT_VERSION_EMBED,
             **self.meta,
             "embed_dim": self.embed_dim,
             "tokens": self.tokens,
@@ -255,6 +275,10 @@ class LatencyTable:
             "attn": {"heads": heads, "qk_dim": qk, "v_dim": v, "ms": self.attn_ms.tolist()},
             "mlp": {"mlp_dim": self.mlp_grid, "ms": self.mlp_ms.tolist()},
         }
+        if self.embed_grid is not None:
+            fixed = self.embed_fixed_ms.tolist()  # type: ignore[union-attr]
+            out["embed"] = {"embed_dim": self.embed_grid, "fixed_ms": fixed}
+        return out
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -271,39 +295,70 @@ class LatencyTable:
 
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 
-    def attn_ms_at(self, heads: Tensor, qk_dim: Tensor, v_dim: Tensor) -> Tensor:
-        """Differentiable attention latency at (possibly fractional) widths."""
-        return _interp(self.attn_ms, self.attn_grid, (heads, qk_dim, v_dim))
+    def _at(self, values: Tensor, grids: tuple, xs: tuple, embed: Any) -> Tensor:
+        """Interpolate ``values``; v2 puts the embed width (default: the reference) first."""
+        if self.embed_grid is None:
+            return _interp(values, grids, xs)
+        e = (
+            embed
+            if isinstance(embed, Tensor)
+            else float(self.embed_dim if embed is None else embed)
+        )
+        e = e if isinstance(e, Tensor) else torch.tensor(e, dtype=torch.float64)
+        return _interp(values, (self.embed_grid, *grids), (e.to(xs[0].device), *xs))
 
-    def mlp_ms_at(self, mlp_dim: Tensor) -> Tensor:
+    def attn_ms_at(
+        self, heads: Tensor, qk_dim: Tensor, v_dim: Tensor, embed: Tensor | float | None = None
+    ) -> Tensor:
+        """Differentiable attention latency at (possibly fractional) widths (``embed``: v2 only,
+        default the reference width)."""
+        return self._at(self.attn_ms, self.attn_grid, (heads, qk_dim, v_dim), embed)
+
+    def mlp_ms_at(self, mlp_dim: Tensor, embed: Tensor | float | None = None) -> Tensor:
         """Differentiable MLP latency at a (possibly fractional) width."""
-        return _interp(self.mlp_ms, (self.mlp_grid,), (mlp_dim,))
+        return self._at(self.mlp_ms, (self.mlp_grid,), (mlp_dim,), embed)
 
-    def block_ms(self, block: BlockSpec) -> float:
-        """Latency of one block of a hard spec."""
+    def fixed_ms_at(self, embed: float | None = None) -> float:
+        """The fixed parts' latency at an embed width (v1: only its own width)."""
+        if self.embed_grid is None or embed is None:
+            return self.fixed_ms
+        x = torch.tensor(float(embed), dtype=torch.float64)
+        return float(_interp(self.embed_fixed_ms, (self.embed_grid,), (x,)))  # type: ignore[arg-type]
+
+    def block_ms(self, block: BlockSpec, embed: float | None = None) -> float:
+        """Latency of one block of a hard spec (at embed width ``embed``: v2 only)."""
         t = 0.0
         if block.has_attn:
             w = [
                 torch.tensor(float(x), dtype=torch.float64)
                 for x in (block.heads, block.qk_dim, block.v_dim)
             ]
-            t += float(self.attn_ms_at(*w))
+            t += float(self.attn_ms_at(*w, embed=embed))
         if block.has_mlp:
-            t += float(self.mlp_ms_at(torch.tensor(float(block.mlp_dim), dtype=torch.float64)))
+            m = torch.tensor(float(block.mlp_dim), dtype=torch.float64)
+            t += float(self.mlp_ms_at(m, embed=embed))
         return t
 
     def check_spec(self, spec: ViTSpec) -> None:
-        """Raise ``SpecError`` if the table was measured for another embed width or token count."""
-        if (spec.embed_dim, spec.num_tokens) != (self.embed_dim, self.tokens):
+        """Raise ``SpecError`` if the table was measured for another token count or an embed
+        width it does not cover (v1: its own width only; v2: within its embed grid)."""
+        lo, hi = (
+            (self.embed_dim, self.embed_dim)
+            if self.embed_grid is None
+            else (min(self.embed_grid), max(self.embed_grid))
+        )
+        if spec.num_tokens != self.tokens or not lo <= spec.embed_dim <= hi:
+            width = f"embed_dim={self.embed_dim}" if lo == hi else f"embed_dim {lo:g}..{hi:g}"
             raise SpecError(
-                f"latency table is for embed_dim={self.embed_dim}, tokens={self.tokens}; the model "
+                f"latency table is for {width}, tokens={self.tokens}; the model "
                 f"has embed_dim={spec.embed_dim}, tokens={spec.num_tokens}"
             )
 
     def model_ms(self, spec: ViTSpec) -> float:
-        """Predicted whole-model latency of ``spec``."""
+        """Predicted whole-model latency of ``spec`` (at its own embed width)."""
         self.check_spec(spec)
-        return self.fixed_ms + sum(self.block_ms(b) for b in spec.blocks)
+        e = None if spec.embed_dim == self.embed_dim else spec.embed_dim
+        return self.fixed_ms_at(e) + sum(self.block_ms(b, e) for b in spec.blocks)
 
 
 def _interp(values: Tensor, grids: tuple[tuple[float, ...], ...], xs: tuple[Tensor, ...]) -> Tensor:

@@ -230,6 +230,12 @@ def bench(
     show_default=True,
     help="Also measure N random compressed specs and print the table's median error.",
 )
+@click.option(
+    "--embed-dims",
+    default=None,
+    help="Comma-separated embed widths (including the model's) for an embedding-width axis "
+    "(version-2 table, for --method nvit under --metric latency), e.g. 96,144,192.",
+)
 @handle_errors
 def lut(
     model: str | None,
@@ -243,6 +249,7 @@ def lut(
     threads: int | None,
     out: str,
     check_specs: int,
+    embed_dims: str | None,
 ) -> None:
     """Measure a latency lookup table (attention and MLP grids, fixed parts) for --metric latency.
 
@@ -271,6 +278,7 @@ def lut(
             threads=threads or default_threads(),
             exporter=exporter,
             statistic=statistic,
+            embed_dims=parse_csv(int, embed_dims) if embed_dims else (),
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
