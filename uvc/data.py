@@ -190,6 +190,8 @@ def check_folder(data: str, val_split: float = 0.0, sample: int = 16) -> list[st
     if data == DIGITS:
         return list(DigitsDataset.classes)
     root = Path(data)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data {root} is a file; give a folder of images or 'digits'")
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
     if (root / "train").is_dir():

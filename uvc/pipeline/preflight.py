@@ -101,7 +101,7 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> ViTSpec:
         spec = resolve_spec(cfg.model, num_classes)
         if cfg.img_size is not None:
             spec = spec.replace(img_size=cfg.img_size)
-    check_fits(spec)
+    check_fits(spec, cfg.batch_size, cfg.device)
     if cfg.weights is None and not Path(cfg.model).is_file():
         return spec
     # Files and weights are read once here, so that a mismatch fails now, not after the data.
@@ -109,20 +109,30 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> ViTSpec:
     return model.spec
 
 
-def check_fits(spec: ViTSpec, copies: int = 8) -> None:
-    """Refuse a model whose weights (student, teacher, optimizer state: ``copies`` fp32 copies)
-    cannot fit in this machine's memory; a damaged spec can claim absurd widths."""
+def check_fits(spec: ViTSpec, batch: int = 1, device: str = "cpu", copies: int = 8) -> None:
+    """Refuse a run that cannot fit in memory: the weights (student, teacher, optimizer state:
+    ``copies`` fp32 copies) plus a lower estimate of one training step's saved activations.
+
+    A damaged spec can claim absurd widths, and ``--img-size``/``--batch-size`` absurd inputs;
+    either would otherwise fail after the data is loaded, or take the machine down.
+    """
     from uvc.cost import params
 
     try:
-        need = params(spec) * 4 * copies
-    except (OverflowError, ValueError) as exc:
+        weights = params(spec) * 4 * copies
+        n, depth = spec.num_tokens, spec.depth
+        widest = max(b.heads * n * n + n * (4 * spec.embed_dim + b.mlp_dim) for b in spec.blocks)
+        acts = 4 * batch * depth * widest
+    except (OverflowError, ValueError, TypeError) as exc:
         raise UvcError(f"the model's spec is unusable: {exc}") from None
-    have = available_bytes("cpu")
-    if need > have:
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    where = "cuda" if on_gpu else "cpu"
+    have = available_bytes(where)
+    if weights + acts > have:
         raise UvcError(
-            f"the model has {params(spec) / 1e6:.0f} M parameters; training it needs about "
-            f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available here"
+            f"this run needs at least {(weights + acts) / 2**30:.1f} GiB of {where} memory "
+            f"({params(spec) / 1e6:.1f} M parameters, {spec.num_tokens} tokens, batch {batch}); "
+            f"{have / 2**30:.1f} GiB is available: lower --batch-size or --img-size"
         )
 
 
@@ -149,6 +159,13 @@ def load_lut(path: str, spec: ViTSpec) -> object:
     except (AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise UvcError(f"latency table {path} is malformed: {exc!r}") from None
     table.check_spec(spec)
+    known = ("eager", "compile", "cudagraph", "ort", "ort-trt", "trt")
+    backend, unit = table.meta.get("backend"), table.meta.get("unit", "ms")
+    if (backend is not None and backend not in known) or unit != "ms":
+        raise UvcError(
+            f"latency table {path}: unknown backend {backend!r} or unit {unit!r} (expected "
+            f"one of {', '.join(known)}, in ms)"
+        )
     values = [table.fixed_ms, *table.attn_ms.flatten().tolist(), *table.mlp_ms.tolist()]
     if not all(math.isfinite(v) and 0 <= v < 1e9 for v in values):
         raise UvcError(f"latency table {path} holds negative or non-finite times: re-measure it")
