@@ -192,10 +192,18 @@ def _full_disk_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Path]:
 def test_disk_full_during_train_keeps_checkpoints_and_says_how_to_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from PIL import Image
+
+    data = tmp_path / "images"  # 2 classes x 8 tiny images: epochs of milliseconds
+    for c in range(2):
+        (data / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (16, 16), (40 * i, 100 * c, 7)).save(data / f"c{c}" / f"{i}.png")
     out = tmp_path / "run"
     failed = _full_disk_on(monkeypatch, "search.pt")
-    args = ["train", "--out", str(out), "--teacher-epochs", "1", "--search-epochs", "2",
-            "--warmup-epochs", "1", "--finetune-epochs", "1", "--batch-size", "256",
+    args = ["train", "--out", str(out), "--data", str(data), "--val-split", "0.25",
+            "--img-size", "16", "--teacher-epochs", "1", "--search-epochs", "2",
+            "--warmup-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
             "--device", "cpu", "--no-progress"]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2, res.output
