@@ -50,6 +50,12 @@ def _prepare(root: Path) -> None:
     (root / "text_data" / "cat" / "a.jpg").write_text("this is no image")
     (root / "no_model").mkdir()
     (root / "no_model" / "readme.md").write_text("hello")
+    from uvc.pipeline import TrainConfig
+    from uvc.rundir import write_marker
+
+    (root / "a_run").mkdir()
+    write_marker(root / "a_run", "train")
+    (root / "a_run" / "config.json").write_text(json.dumps(TrainConfig(out="a_run").to_dict()))
 
 
 CASES = [
@@ -119,8 +125,9 @@ CASES = [
     ("text file as train model", ["train", "--model", "notes.txt"], "not a PyTorch checkpoint"),
     ("folder that is no export", ["inspect", "no_model"], "not a uvc export"),
     ("export of a text file", ["export", "notes.txt", "--out", "exp"], "not a PyTorch checkpoint"),
-    ("resume with other options", ["train", "--resume", "no_model", "--budget", "0.3"],
-     "holds no uvc run"),
+    ("resume of a user folder", ["train", "--resume", "no_model"], "holds no uvc run"),
+    ("resume with other options", ["train", "--resume", "a_run", "--budget", "0.3"],
+     "drop --budget"),
 ]  # fmt: skip
 if NO_GPU:
     CASES += [

@@ -243,7 +243,8 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
         ignored = [n for n in ("alpha", "tau") if n in given]
         if options["kd"] == "none" and ignored:
             shown = " and ".join("--" + n for n in ignored)
-            raise UvcError(f"{shown} shape the distillation term, which --kd none turns off")
+            verb = "shapes" if len(ignored) == 1 else "shape"
+            raise UvcError(f"{shown} {verb} the distillation term, which --kd none turns off")
         try:
             cfg = TrainConfig(progress=not no_progress, **options)
         except ValueError as exc:
