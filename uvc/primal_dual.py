@@ -41,6 +41,7 @@ from uvc.structure import HardBlock, SoftBlock, Structure, keep_from_hard
 from uvc.teacher import teacher_logits
 
 logger = logging.getLogger(__name__)
+MAX_PACE = 5.0  # the count step and z's ascent are scaled up at most this much
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,9 @@ class PrimalDual:
         n = sum(p.numel() for p in self.structure.parameters())
         p = max(1.0, (n**0.5 / self.cfg.struct_lr) / pruning)
         left = min(1.0, max(0.0, 1.0 - (step - warm) / pruning))
-        return 1.0 + (2 * p - 2) * left
+        # At most MAX_PACE: a handful of steps cannot be made to do a search's work, and
+        # steps much larger than that overshoot the budget by whole blocks.
+        return min(MAX_PACE, 1.0 + (2 * p - 2) * left)
 
     def z_lr_at(self, step: int, total: int) -> float:
         end = self.cfg.z_lr if self.cfg.z_lr_end is None else self.cfg.z_lr_end
