@@ -74,3 +74,18 @@ def test_import_uvc_is_light() -> None:
     code = "import sys, uvc; print('onnx' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_compress_never_writes_into_a_users_folder(tmp_path: Path) -> None:
+    from uvc.rundir import RunDirError
+
+    (tmp_path / "notes.md").write_text("mine")
+    model = uvc.ViT(uvc.ViTSpec.uniform(1, 16, 2, img_size=16, patch_size=8, num_classes=2))
+    data = [(torch.randn(4, 3, 16, 16), torch.randint(0, 2, (4,)))]
+    with pytest.raises(RunDirError):
+        uvc.compress(model, data, out=tmp_path, search_epochs=2, warmup_epochs=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+    out = tmp_path / "run"
+    uvc.compress(model, data, out=out, search_epochs=2, warmup_epochs=1, finetune_epochs=1,
+                 progress=False)  # fmt: skip
+    assert (out / "search.pt").is_file() and (out / "finetune.pt").is_file()

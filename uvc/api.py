@@ -136,6 +136,11 @@ def compress(
 
     dist, device = init_distributed(cfg.device)
     student = as_vit(model)
+    if out is not None and dist.is_main:
+        from uvc.rundir import claim
+
+        # The same rule as uvc train: a new or empty folder, or one compress created before.
+        claim(out, "compress", option="out")
     torch.manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
 
