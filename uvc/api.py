@@ -211,12 +211,35 @@ def compress_stages(
     dense = materialize(search.model, search.keep)
     if dense.spec != search.spec:
         raise UvcError("internal: the materialized spec differs from the searched spec")
+    if val_loader is not None:
+        _log_gap(search.model, dense, search.keep, val_loader, log)
     result = finetune(
         dense, teacher, train_loader, val_loader if val_loader is not None else [], loss_fn,
         finetune_config(cfg, "finetune", cfg.finetune_epochs, steps_per_epoch), out,
         device=device, dist=dist, resume=True, log_fn=log, mixup=mixup,
     )  # fmt: skip
     return result.model, search, result.accuracy
+
+
+def _log_gap(
+    model: ViT, dense: ViT, keep: KeepSet, val: Iterable[Any], log: Any, batches: int = 4
+) -> None:
+    """Log how far the materialized model is from the searched, masked one (before fine-tune):
+    exact for block units, not for embedding channels (LayerNorm over fewer channels)."""
+    from uvc.keep import masked_dense_gap
+
+    xs = []
+    for i, (x, _) in enumerate(val):
+        if i >= batches:
+            break
+        xs.append(x)
+    if not xs:
+        return
+    gap = masked_dense_gap(model, dense, keep, xs)
+    if log is not None:
+        log({"stage": "materialize", "event": "gap", **gap})
+    msg = "masked vs dense before fine-tuning: max |logit diff| %.3g, top-1 agreement %.2f%%"
+    logging.getLogger("uvc.pipeline").info(msg, gap["max_logit_diff"], gap["top1_agreement"])
 
 
 def search_config(cfg: Any) -> Any:

@@ -215,213 +215,150 @@ def evaluate_final(out_dir: str | Path, device: str = "cpu") -> float:
 # --- the stages -----------------------------------------------------------------------------------
 
 
-def _search_config(cfg: TrainConfig) -> Any:
-    """The stage-1 ``SearchConfig``, passing only the fields this version of it has."""
-    from uvc.search import SearchConfig
-
-    wanted: dict[str, Any] = {
-        "method": cfg.method,
-        "budget": cfg.budget,
-        "metric": cfg.metric,
-        "lut": cfg.lut,
-        "epochs": cfg.search_epochs,
-        "warmup_epochs": cfg.warmup_epochs,
-        "lr": cfg.lr,
-        "importance": cfg.importance,
-        "per_head_v": cfg.per_head_v,
-        "align": cfg.align,
-        "amp": cfg.amp,
-        "seed": cfg.seed,
-        "progress": cfg.progress,
-    }
-    for name in ("nvit_lambda", "nvit_interval"):  # None: the SearchConfig default
-        if getattr(cfg, name, None) is not None:
-            wanted[name] = getattr(cfg, name)
-    names = {f.name for f in dataclasses.fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in wanted.items() if k in names})
-
-
 def run_stages(cfg: TrainConfig) -> TrainResult:
-    """Teacher (if needed) -> search -> materialize -> finetune -> final.pt, each resumable."""
-    from uvc.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
-    from uvc.cost import macs, params
-    from uvc.data import DataConfig, build_data, seed_epoch
+    """Teacher (if needed) -> search -> materialize -> finetune -> final.pt, each resumable.
+
+    The three compression stages are ``uvc.api.compress_stages``, the same ones ``uvc.compress``
+    runs; this adds the data, the teacher stage, the run folder's files and the summary.
+    """
+    from uvc.api import compress_stages
+    from uvc.checkpoint import atomic_write_text
+    from uvc.data import seed_epoch
     from uvc.dist import init_distributed
-    from uvc.distill import DistillConfig, DistillLoss
-    from uvc.export.materialize import materialize
-    from uvc.finetune import FinetuneConfig, evaluate, finetune
-    from uvc.plot import plot_architecture
-    from uvc.runlog import RunLog, SummaryRow, summary_table
-    from uvc.teacher import Teachers, build_timm_teacher, load_base_model
+    from uvc.runlog import RunLog
+    from uvc.teacher import Teachers, build_timm_teacher
 
     dist, device = init_distributed(cfg.device)
     out = Path(cfg.out)
-    main = dist.is_main
     torch.manual_seed(cfg.seed)
-
-    # The data decides the classes; the model decides the image size (or --img-size does).
-    probe = None if cfg.model == DEMO_MODEL else _spec_of(cfg.model)
-    img_size = cfg.img_size or (probe.img_size if probe else 32)
-    # A model that records its own preprocessing (uvc convert, spec v2) is fed its own statistics.
-    pre = probe.preprocess if probe is not None else None
-    stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
-    data_cfg = DataConfig(
-        cfg.data,
-        img_size,
-        cfg.batch_size,
-        cfg.val_split,
-        cfg.workers,
-        cfg.seed,
-        cfg.mixup,
-        cfg.cutmix,
-        **stats,
-    )
-    data = build_data(data_cfg, dist)
-    model, trained = load_base_model(cfg.model, cfg.weights, data.num_classes, cfg.img_size)
+    data, model, trained = _data_and_model(cfg, dist)
     original = model.spec
-    # Only a run that got this far (valid data and model) claims the folder.
-    if main:
+    # Only a run that got this far (valid data and model) writes its settings.
+    if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    runlog = RunLog(out / "log.jsonl" if main else None)
-    loss_fn = DistillLoss(DistillConfig(cfg.kd, cfg.alpha, cfg.tau, cfg.label_smoothing))
-    amp = cfg.amp
-
-    def stage_cfg(stage: str, epochs: int) -> FinetuneConfig:
-        return FinetuneConfig(
-            epochs=epochs,
-            warmup_epochs=min(1.0, epochs),
-            lr=cfg.lr,
-            amp=amp,
-            seed=cfg.seed,
-            ckpt_name=f"{stage}.pt",
-            stage=stage,
-            progress=cfg.progress,
-        )
-
-    loaders = (data.train, data.val)
-    common: dict[str, Any] = {
-        "device": device,
-        "dist": dist,
-        "resume": True,
-        "log_fn": runlog,
-        "mixup": data.mixup,
-    }
-    # Stage 0: a teacher that fits the data (the uncompressed model trained with labels only).
-    if not trained and cfg.teacher_epochs > 0:
-        labels_only = DistillLoss(DistillConfig("none", 0.0, 1.0, cfg.label_smoothing))
-        res = finetune(
-            model,
-            None,
-            *loaders,
-            labels_only,
-            stage_cfg("teacher", cfg.teacher_epochs),
-            out,
-            **common,
-        )
-        teacher_acc = res.accuracy
-    else:
-        if not trained:
-            log.warning("the uncompressed model is untrained (teacher_epochs=0): weak teacher")
-        teacher_acc = evaluate(model.to(device), data.val, device)
-    runlog({"stage": "teacher", "event": "done", "acc": teacher_acc})
+    runlog = RunLog(out / "log.jsonl" if dist.is_main else None)
+    teacher_acc = _teacher_stage(cfg, model, trained, data, out, device, dist, runlog)
     extra = None
     if cfg.teacher is not None:
         extra = build_timm_teacher(cfg.teacher, cfg.teacher_weights, data.num_classes)
     teachers = Teachers(copy.deepcopy(model), extra).to(device)
-
-    # Stage 1: search (masks, gates, duals) on a copy of the uncompressed model.
-    from uvc.search import run_search
-
-    student = copy.deepcopy(model).to(device)
     # The search's gate noise must not depend on whether the teacher stage ran in this process
     # or was restored from teacher.pt (search.pt restores its own RNG state when it exists).
     seed_epoch(cfg.seed, SEARCH_SEED_EPOCH)
-    result = run_search(
-        student,
-        teachers,
-        data.train,
-        data.val,
-        loss_fn,
-        _search_config(cfg),
-        out if main else None,
-        device=device,
-        dist=dist,
-        resume=(out / "search.pt").is_file(),
-        log=runlog.stage("search"),
-    )
+    dense, search, accuracy = compress_stages(
+        copy.deepcopy(model), teachers, data.train, data.val, cfg, out,
+        device=device, dist=dist, log=runlog, mixup=data.mixup,
+    )  # fmt: skip
+    return _finish(cfg, out, dist, runlog, original, dense, search, teacher_acc, accuracy, data)
 
-    # Materialize: a new, physically smaller dense model (export/ builds it, uvc/ trains it).
-    dense = materialize(result.model, result.keep)
-    if dense.spec != result.spec:
-        raise UvcError("internal: the materialized spec differs from the searched spec")
-    _log_gap(result.model, dense, result.keep, data.val, runlog)
-    final = finetune(
-        dense,
-        teachers,
-        *loaders,
-        loss_fn,
-        stage_cfg("finetune", cfg.finetune_epochs),
-        out,
-        **common,
-    )
+
+def _data_and_model(cfg: TrainConfig, dist: Any) -> tuple[Any, ViT, bool]:
+    """The loaders (the data decides the classes) and the uncompressed model (it decides the
+    image size, unless --img-size does; a model recording its preprocessing gets its own)."""
+    from uvc.data import DataConfig, build_data
+    from uvc.teacher import load_base_model
+
+    probe = None if cfg.model == DEMO_MODEL else _spec_of(cfg.model)
+    img_size = cfg.img_size or (probe.img_size if probe else 32)
+    pre = probe.preprocess if probe is not None else None
+    stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
+    data_cfg = DataConfig(
+        cfg.data, img_size, cfg.batch_size, cfg.val_split, cfg.workers, cfg.seed,
+        cfg.mixup, cfg.cutmix, **stats,
+    )  # fmt: skip
+    data = build_data(data_cfg, dist)
+    model, trained = load_base_model(cfg.model, cfg.weights, data.num_classes, cfg.img_size)
+    return data, model, trained
+
+
+def _teacher_stage(
+    cfg: TrainConfig,
+    model: ViT,
+    trained: bool,
+    data: Any,
+    out: Path,
+    device: torch.device,
+    dist: Any,
+    runlog: Any,
+) -> float:
+    """Stage 0: a teacher that fits the data (the uncompressed model trained with labels only,
+    when it came without weights for this data); returns its top-1 (%)."""
+    from uvc.api import finetune_config
+    from uvc.distill import DistillConfig, DistillLoss
+    from uvc.finetune import evaluate, finetune
+
+    if not trained and cfg.teacher_epochs > 0:
+        labels_only = DistillLoss(DistillConfig("none", 0.0, 1.0, cfg.label_smoothing))
+        res = finetune(
+            model, None, data.train, data.val, labels_only,
+            finetune_config(cfg, "teacher", cfg.teacher_epochs), out,
+            device=device, dist=dist, resume=True, log_fn=runlog, mixup=data.mixup,
+        )  # fmt: skip
+        acc = res.accuracy
+    else:
+        if not trained:
+            log.warning("the uncompressed model is untrained (teacher_epochs=0): weak teacher")
+        acc = evaluate(model.to(device), data.val, device)
+    runlog({"stage": "teacher", "event": "done", "acc": acc})
+    return acc
+
+
+def _finish(
+    cfg: TrainConfig,
+    out: Path,
+    dist: Any,
+    runlog: Any,
+    original: ViTSpec,
+    dense: ViT,
+    search: Any,
+    teacher_acc: float,
+    accuracy: float,
+    data: Any,
+) -> TrainResult:
+    """final.pt, architecture.png, summary.txt (with R before and after the projection)."""
+    from uvc.checkpoint import Checkpoint, save_checkpoint
+    from uvc.cost import macs, params
+    from uvc.plot import plot_architecture
+    from uvc.runlog import SummaryRow, summary_table
 
     rows = [
         SummaryRow("uncompressed", teacher_acc, macs(original), params(original)),
-        SummaryRow("compressed", final.accuracy, macs(dense.spec), params(dense.spec)),
+        SummaryRow("compressed", accuracy, macs(dense.spec), params(dense.spec)),
     ]
     table = summary_table(rows)
+    table += (
+        f"\n{cfg.method} search: {cfg.metric} ratio {search.cost_searched:.4f} before the final "
+        f"projection, {search.cost_final:.4f} after (budget {cfg.budget})"
+    )
     meta = {
         "kind": "final",
         "teacher_acc": teacher_acc,
-        "accuracy": final.accuracy,
+        "accuracy": accuracy,
         "macs_before": rows[0].macs,
         "macs_after": rows[1].macs,
         "params_before": rows[0].params,
         "params_after": rows[1].params,
+        "R_searched": search.cost_searched,
+        "R_final": search.cost_final,
         "budget": cfg.budget,
         "metric": cfg.metric,
+        "method": cfg.method,
         "data": cfg.data,
         "classes": data.classes,
         "original_spec": original.to_dict(),
-        "keep": result.keep.to_json(),
+        "keep": search.keep.to_json(),
     }
-    if main:
+    if dist.is_main:
         save_checkpoint(out / "final.pt", Checkpoint(dense.spec, dense.state_dict(), meta))
         plot_architecture(original, dense.spec, out / "architecture.png")
         (out / "summary.txt").write_text(table + "\n")
-        runlog({"stage": "final", "event": "done", **{k: meta[k] for k in list(meta)[1:8]}})
+        runlog({"stage": "final", "event": "done", **{k: meta[k] for k in list(meta)[1:10]}})
         log.info("summary (%s):\n%s", out, table)
     return TrainResult(
-        out,
-        dense.cpu().eval(),
-        original,
-        teacher_acc,
-        final.accuracy,
-        rows[0].macs,
-        rows[1].macs,
-        rows[0].params,
-        rows[1].params,
-        table,
-        meta,
-    )
-
-
-def _log_gap(model: ViT, dense: ViT, keep: Any, val: Any, runlog: Any, batches: int = 4) -> None:
-    """Log how far the materialized model is from the searched, masked one (before fine-tune)."""
-    from uvc.keep import masked_dense_gap
-
-    xs = []
-    for i, (x, _) in enumerate(val or []):
-        if i >= batches:
-            break
-        xs.append(x)
-    if not xs:
-        return
-    gap = masked_dense_gap(model, dense, keep, xs)
-    runlog({"stage": "materialize", "event": "gap", **gap})
-    log.info("masked vs dense before fine-tuning: max |logit diff| %.3g, top-1 agreement %.2f%%",
-             gap["max_logit_diff"], gap["top1_agreement"])  # fmt: skip
+        out, dense.cpu().eval(), original, teacher_acc, accuracy,
+        rows[0].macs, rows[1].macs, rows[0].params, rows[1].params, table, meta,
+    )  # fmt: skip
 
 
 def _spec_of(target: str) -> ViTSpec:
