@@ -20,6 +20,7 @@ was measured on (see the README); ``skip_layer_norm=True`` turns it on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import tempfile
@@ -301,15 +302,7 @@ def optimize_for_cpu(
         )
         expected = sum(b.fusable for b in blocks)
         result = optimize_onnx(src, dst, expected_attention=expected, options=options)
-    return OptimizeResult(
-        result.path,
-        result.fusions,
-        result.expected_attention,
-        result.scales,
-        result.optimize_s,
-        result.options,
-        blocks,
-    )
+    return dataclasses.replace(result, blocks=blocks)
 
 
 def _fused_counts(proto: onnx.ModelProto) -> dict[str, int]:
@@ -332,11 +325,7 @@ def _follow(
 @contextlib.contextmanager
 def _quiet_ort() -> Iterator[None]:
     """Raise onnxruntime.transformers' loggers to ERROR for this call only."""
-    names = [
-        n
-        for n in logging.root.manager.loggerDict
-        if n.startswith(_ORT_LOGGER_PREFIXES) and not n.startswith("onnxruntime_")
-    ]
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(_ORT_LOGGER_PREFIXES)]
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
