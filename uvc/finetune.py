@@ -174,42 +174,14 @@ def finetune(
         seed_epoch(cfg.seed, epoch)
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        net.train()
-        t0, loss_sum, n = time.time(), 0.0, 0
-        bar = _bar(train_loader, cfg, dist, f"{cfg.stage} {epoch + 1}/{cfg.epochs}")
-        for i, (x, y) in enumerate(bar):
-            if i >= steps_per_epoch:
-                break  # a loader longer than announced keeps the schedule's length
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if mixup is not None:
-                x, y = mixup(x, y)
-            with autocast(device, cfg.amp):
-                t_logits, t_token = teacher_logits(teacher, x, distilled)
-                loss = loss_fn(net(x), y, t_logits, t_token)
-            if not torch.isfinite(loss):
-                raise UvcError(f"{cfg.stage}: the loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            loss_sum, n = loss_sum + loss.item(), n + 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-            if log_fn is not None and dist.is_main and (i % 10 == 0):
-                log_fn({"stage": cfg.stage, "epoch": epoch, "step": step, "loss": loss.item(),
-                        "lr": lr})  # fmt: skip
+        t0 = time.time()
+        loop = _Loop(net, teacher, loss_fn, opt, scaler, cfg, device, dist, log_fn, mixup)
+        mean_loss = loop.epoch(train_loader, epoch, steps_per_epoch, total, warmup, distilled)
         acc = evaluate(model, val_loader, device, cfg.amp)
         record = {
             "stage": cfg.stage,
             "epoch": epoch,
-            "loss": loss_sum / max(1, n),
+            "loss": mean_loss,
             "acc": acc,
             "lr": lr_at((epoch + 1) * steps_per_epoch - 1, total, warmup, cfg.lr, cfg.min_lr),
             "seconds": time.time() - t0,
@@ -228,6 +200,70 @@ def finetune(
     model.distilled_training = False
     model.eval()
     return FinetuneResult(model, acc, history)
+
+
+class _Loop:
+    """One epoch of distillation steps: warmup-cosine LR, autocast, clipping, logging."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        teacher: nn.Module | None,
+        loss_fn: DistillLoss,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        cfg: FinetuneConfig,
+        device: torch.device,
+        dist: DistInfo,
+        log_fn: Callable[[dict[str, Any]], None] | None,
+        mixup: Callable | None,
+    ) -> None:
+        self.net, self.teacher, self.loss_fn, self.opt, self.scaler = (
+            net,
+            teacher,
+            loss_fn,
+            opt,
+            scaler,
+        )
+        self.cfg, self.device, self.dist, self.log_fn, self.mixup = cfg, device, dist, log_fn, mixup
+
+    def epoch(
+        self, loader: Any, epoch: int, steps: int, total: int, warmup: int, distilled: bool
+    ) -> float:
+        """Train one epoch; returns the mean loss."""
+        cfg, device, opt = self.cfg, self.device, self.opt
+        self.net.train()
+        loss_sum, n = 0.0, 0
+        bar = _bar(loader, cfg, self.dist, f"{cfg.stage} {epoch + 1}/{cfg.epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i >= steps:
+                break  # a loader longer than announced keeps the schedule's length
+            step = epoch * steps + i
+            lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            with autocast(device, cfg.amp):
+                t_logits, t_token = teacher_logits(self.teacher, x, distilled)
+                loss = self.loss_fn(self.net(x), y, t_logits, t_token)
+            if not torch.isfinite(loss):
+                raise UvcError(f"{cfg.stage}: the loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                self.scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+            loss_sum, n = loss_sum + loss.item(), n + 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            if self.log_fn is not None and self.dist.is_main and (i % 10 == 0):
+                rec = {"stage": cfg.stage, "epoch": epoch, "step": step, "loss": loss.item()}
+                self.log_fn({**rec, "lr": lr})
+        return loss_sum / max(1, n)
 
 
 def _bar(loader: DataLoader, cfg: FinetuneConfig, dist: DistInfo, desc: str) -> Any:
