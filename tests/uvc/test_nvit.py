@@ -200,3 +200,17 @@ def test_default_chunks_scale_nvits_deit_b_chunks() -> None:
         SearchConfig(method="nvit", align=8, nvit_chunk=(16, 2, 8, 4, 16))
     with pytest.raises(ValueError, match="nvit_end"):
         SearchConfig(method="nvit", nvit_end=0.0)
+
+
+def test_train_config_passes_nvit_settings_and_refuses_them_elsewhere() -> None:
+    from uvc.api import search_config
+    from uvc.pipeline.config import TrainConfig
+
+    cfg = TrainConfig(method="nvit", nvit_lambda=0.0, nvit_interval=3)
+    sc = search_config(cfg)
+    assert (sc.method, sc.nvit_lambda, sc.nvit_interval) == ("nvit", 0.0, 3)
+    assert search_config(TrainConfig(method="nvit")).nvit_lambda == SearchConfig().nvit_lambda
+    with pytest.raises(ValueError, match="only apply to --method nvit"):
+        TrainConfig(method="uvc", nvit_lambda=0.5)
+    with pytest.raises(ValueError, match="nvit_interval must be >= 1"):
+        TrainConfig(method="nvit", nvit_interval=0)

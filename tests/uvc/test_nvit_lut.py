@@ -89,3 +89,14 @@ def test_nvit_prunes_the_embedding_under_a_latency_budget(tmp_path: Path) -> Non
     ratio = table.model_ms(res.spec) / table.model_ms(spec)
     assert 0.6 * 0.99 <= ratio <= 0.6 and res.cost_final == pytest.approx(ratio)
     assert res.spec.embed_dim < spec.embed_dim  # the v2 table prices narrower widths
+
+
+def test_nvit_stays_on_the_tables_embed_axis(tmp_path: Path) -> None:
+    from uvc.methods.nvit import embed_floor
+    from uvc.pipeline.preflight import budget_floor, load_lut
+
+    _smooth_table(tmp_path / "lut.json")
+    table = load_lut(str(tmp_path / "lut.json"), tiny_spec())  # a v2 table passes the checks
+    assert embed_floor(32, table, 1) == 8 and embed_floor(32, None, 4) == 4
+    floor = budget_floor(tiny_spec(), "latency", table, 1, "nvit")
+    assert 0 < floor.ratio < 1  # priced at the narrowest width the table covers

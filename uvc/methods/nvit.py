@@ -1,8 +1,10 @@
 """NViT: global structural pruning by Hessian-aware saliency (``--method nvit``).
 
 The weights train with distillation throughout, masked by the current keep-set (embedding
-channels included: ``uvc.keep.masked_keep``). Between pruning steps the saliency of every unit is
-averaged (``uvc.saliency``). Every ``nvit_interval`` batches after the warmup:
+channels included: ``uvc.keep.masked_keep``, output-exact: LayerNorms normalise over the kept
+channels). The saliency of every unit is averaged over the batches since the last pruning step
+(``uvc.saliency``; the first window includes the warmup). Every ``nvit_interval`` batches after
+the warmup:
 
 1. per block and kind (heads, aligned QK dims, aligned V dims, MLP units) and for the model-wide
    embedding channels, the alive units are sorted by saliency and cut into fixed-size chunks from
@@ -101,6 +103,14 @@ def chunk_sizes(spec: ViTSpec, chunk: tuple[int, ...] | None, align: int) -> dic
     return out
 
 
+def embed_floor(width: int, lut: Any, align: int) -> int:
+    """The narrowest embedding NViT may keep: ``align`` channels, and no narrower than a latency
+    table's embedding axis reaches (it cannot price a width outside it)."""
+    low = min(align, width)
+    grid = getattr(lut, "embed_grid", None) if lut is not None else None
+    return max(low, math.ceil(min(grid))) if grid else low
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A candidate for removal: ``units`` of group ``key`` (``"3.mlp"``, ``"embed"``)."""
@@ -178,6 +188,7 @@ class NViT:
             self.alive[key] = torch.ones(n, dtype=torch.bool)
             self.sizes[key] = per_kind[kind]
             self.mins[key] = 1 if kind is Kind.HEAD else min(cfg.align, n)
+        self.mins["embed"] = embed_floor(spec.embed_dim, self.lut, cfg.align)
         # A LUT without an embedding axis cannot price a narrower model: keep the width then.
         self.prune_embed = self.lut is None or getattr(self.lut, "embed_grid", None) is not None
         if not self.prune_embed:

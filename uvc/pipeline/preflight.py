@@ -166,7 +166,9 @@ def load_lut(path: str, spec: ViTSpec) -> object:
             f"latency table {path}: unknown backend {backend!r} or unit {unit!r} (expected "
             f"one of {', '.join(known)}, in ms)"
         )
-    values = [table.fixed_ms, *table.attn_ms.flatten().tolist(), *table.mlp_ms.tolist()]
+    values = [table.fixed_ms, *table.attn_ms.flatten().tolist(), *table.mlp_ms.flatten().tolist()]
+    if table.embed_fixed_ms is not None:  # a version-2 table (embedding-width axis)
+        values += table.embed_fixed_ms.tolist()
     if not all(math.isfinite(v) and 0 <= v < 1e9 for v in values):
         raise UvcError(f"latency table {path} holds negative or non-finite times: re-measure it")
     return table
@@ -213,13 +215,15 @@ def budget_floor(
 def _nvit_floor(spec: ViTSpec, metric: str, lut: object, align: int) -> float:
     """NViT removes whole chunks while more than the survivors are left (its ``mins``)."""
     from uvc.cost import model_cost
-    from uvc.methods.nvit import chunk_sizes
+    from uvc.methods.nvit import chunk_sizes, embed_floor
     from uvc.structmap import Kind
 
     size = chunk_sizes(spec, None, align)
 
     def least(n: int, kind: Kind) -> int:
         keep = 1 if kind is Kind.HEAD else min(align, n)
+        if kind is Kind.EMBED:
+            keep = embed_floor(n, lut, align)
         return n - size[kind] * ((n - keep) // size[kind]) if n else 0
 
     blocks = tuple(
