@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 import pytest
-from uvc.bench.gpu_check import _run, image_check, main, parse_uvc
+from uvc.bench.gpu_check import Step, _run, image_check, main, parse_uvc, run_step
 
 from uvc.spec import ViTSpec
 
@@ -71,3 +71,13 @@ def test_image_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> N
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert "lacks CUDAExecutionProvider" in gpu
+
+
+def test_step_statuses(tmp_path: Path) -> None:
+    exit_with = lambda code: (sys.executable, "-c", f"import sys; sys.exit({code})", "--check")  # noqa: E731
+    assert run_step(Step("a", exit_with(0)), tmp_path, 30, False).status == "ok"
+    assert run_step(Step("b", exit_with(3)), tmp_path, 30, False).status == "inconclusive (exit 3)"
+    assert run_step(Step("c", exit_with(1)), tmp_path, 30, False).status == "failed (exit 1)"
+    broken = Step("d", ("uvc", "bench", "x.json", "--renamed-flag"), cuda=True)
+    res = run_step(broken, tmp_path, 30, True)  # dry run: parsed, and the parse fails
+    assert res.status == "failed" and "NoSuchOption" in res.note
