@@ -122,18 +122,10 @@ def compress(
     Raises:
         UvcError: a setting is unknown or out of range, or the model cannot be converted.
     """
-    from uvc.cost import macs, params
-    from uvc.pipeline.config import TrainConfig
-
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise UvcError(f"unknown setting(s) {unknown}; compress takes {', '.join(SETTINGS)}")
-    try:
-        cfg = TrainConfig(budget=budget, metric=metric, method=method, **settings)
-    except (TypeError, ValueError) as exc:
-        raise UvcError(str(exc)) from None
     from uvc.dist import init_distributed
+    from uvc.finetune import evaluate
 
+    cfg = _settings(budget, metric, method, settings)
     dist, device = init_distributed(cfg.device)
     student = as_vit(model)
     if out is not None and dist.is_main:
@@ -149,24 +141,46 @@ def compress(
         if log_fn is not None:
             log_fn(rec)
 
-    if teacher is None:
-        teacher = copy.deepcopy(student)
-    original = student.spec
-    from uvc.finetune import evaluate
-
     before = None if val_loader is None else evaluate(student.to(device), val_loader, device)
-    stages = compress_stages(
-        copy.deepcopy(student), teacher, train_loader, val_loader, cfg,
-        Path(out) if out is not None else None, device=device, dist=dist, log=record,
-        steps_per_epoch=steps_per_epoch,
+    dense, search, after = compress_stages(
+        copy.deepcopy(student), teacher if teacher is not None else copy.deepcopy(student),
+        train_loader, val_loader, cfg, Path(out) if out is not None else None,
+        device=device, dist=dist, log=record, steps_per_epoch=steps_per_epoch,
     )  # fmt: skip
-    dense, search, after = stages
+    return _result(
+        student.spec, dense, search, before, after if before is not None else None, history
+    )
+
+
+def _settings(budget: float, metric: str, method: str, settings: dict[str, Any]) -> Any:
+    """``compress``'s settings as a validated ``TrainConfig`` (its defaults, its checks)."""
+    from uvc.pipeline.config import TrainConfig
+
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise UvcError(f"unknown setting(s) {unknown}; compress takes {', '.join(SETTINGS)}")
+    try:
+        return TrainConfig(budget=budget, metric=metric, method=method, **settings)
+    except (TypeError, ValueError) as exc:
+        raise UvcError(str(exc)) from None
+
+
+def _result(
+    original: ViTSpec,
+    dense: ViT,
+    search: Any,
+    before: float | None,
+    after: float | None,
+    history: list[dict[str, Any]],
+) -> CompressResult:
+    from uvc.cost import macs, params
+
     return CompressResult(
         model=dense.cpu().eval(),
         spec=dense.spec,
         keep=search.keep,
         accuracy_before=before,
-        accuracy_after=after if val_loader is not None else None,
+        accuracy_after=after,
         macs_before=macs(original),
         macs_after=macs(dense.spec),
         params_before=params(original),

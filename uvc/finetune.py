@@ -159,11 +159,7 @@ def finetune(
     if start >= cfg.epochs and history:
         return FinetuneResult(model, float(history[-1]["acc"]), history)
 
-    net: nn.Module = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    net = _ddp(model, device, dist)
     steps_per_epoch = epoch_length(train_loader, cfg.steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -188,18 +184,42 @@ def finetune(
         }
         history.append(record)
         if dist.is_main:
-            log.info(
-                "%s epoch %d/%d: loss %.4f, val top-1 %.2f%% (%.1fs)",
-                cfg.stage, epoch + 1, cfg.epochs, record["loss"], acc, record["seconds"],
-            )  # fmt: skip
-            if path is not None:
-                _save(path, model, opt, scaler, epoch + 1, history, cfg)
-            if log_fn is not None:
-                log_fn({**record, "event": "epoch_end"})
+            _epoch_end(record, cfg, path, model, opt, scaler, history, log_fn)
         barrier()
     model.distilled_training = False
     model.eval()
     return FinetuneResult(model, acc, history)
+
+
+def _ddp(model: nn.Module, device: torch.device, dist: DistInfo) -> nn.Module:
+    """The module to train: DDP-wrapped when there is more than one process."""
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _epoch_end(
+    record: dict[str, Any],
+    cfg: FinetuneConfig,
+    path: Path | None,
+    model: ViT,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    history: list[dict[str, Any]],
+    log_fn: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Rank 0 after each epoch: log it, checkpoint it, record it."""
+    log.info(
+        "%s epoch %d/%d: loss %.4f, val top-1 %.2f%% (%.1fs)",
+        cfg.stage, record["epoch"] + 1, cfg.epochs, record["loss"], record["acc"],
+        record["seconds"],
+    )  # fmt: skip
+    if path is not None:
+        _save(path, model, opt, scaler, record["epoch"] + 1, history, cfg)
+    if log_fn is not None:
+        log_fn({**record, "event": "epoch_end"})
 
 
 class _Loop:
