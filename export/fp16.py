@@ -15,6 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,90 +55,13 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
         ExportError: the converted graph fails ``onnx.checker``.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
     from uvc.export.onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
 
     keep = frozenset(keep_fp32_ops)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
-    graph = proto.graph
-    _bypass_identities(graph)
-    types = _elem_types(graph)
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-
-    def only_fp32_users(name: str) -> bool:
-        users = consumers.get(name, [])
-        return bool(users) and all(u.op_type in keep for u in users)
-
-    # Initializers: FP16 unless every user is a kept-FP32 op (LayerNorm's scale and bias).
-    fp32_tensors: set[str] = set()
-    for i, init in enumerate(graph.initializer):
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        if only_fp32_users(init.name):
-            fp32_tensors.add(init.name)
-            continue
-        arr = numpy_helper.to_array(init)
-        half = numpy_helper.from_array(_to_half(arr), init.name)
-        graph.initializer[i].CopyFrom(half)
-
-    new_nodes: list[onnx.NodeProto] = []
-    counter = iter(range(1_000_000))
-
-    def cast(inp: str, out: str, to: int) -> onnx.NodeProto:
-        return helper.make_node("Cast", [inp], [out], to=to, name=f"fp16_cast_{next(counter)}")
-
-    float_inputs = {
-        i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT
-    }
-    # Graph inputs stay FP32: cast each once at the top, and feed the FP16 copy to FP16 ops.
-    renamed_in: dict[str, str] = {}
-    for name in float_inputs:
-        renamed_in[name] = f"{name}__fp16"
-        new_nodes.append(cast(name, renamed_in[name], TensorProto.FLOAT16))
-    float_outputs = {
-        o.name for o in graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT
-    }
-
-    for node in graph.node:
-        if node.op_type == "Constant":
-            _constant_to_half(node, only_fp32_users(node.output[0]))
-        elif node.op_type == "Cast" and _attr(node, "to") == TensorProto.FLOAT:
-            _set_attr_int(node, "to", TensorProto.FLOAT16)
-        if node.op_type in keep:
-            for j, name in enumerate(node.input):
-                if not name or name in fp32_tensors:
-                    continue
-                if name in float_inputs:  # the FP32 original is right here
-                    continue
-                if types.get(name) == TensorProto.FLOAT:
-                    up = f"{name}__fp32_{next(counter)}"
-                    new_nodes.append(cast(name, up, TensorProto.FLOAT))
-                    node.input[j] = up
-            new_nodes.append(node)
-            for j, name in enumerate(node.output):
-                if name in float_outputs:
-                    continue  # FP32 result is what the graph output wants
-                low = f"{name}__fp32out"
-                node.output[j] = low
-                new_nodes.append(cast(low, name, TensorProto.FLOAT16))
-            continue
-        for j, name in enumerate(node.input):
-            if name in renamed_in:
-                node.input[j] = renamed_in[name]
-        new_nodes.append(node)
-        for j, name in enumerate(node.output):
-            if name in float_outputs:
-                low = f"{name}__fp16"
-                node.output[j] = low
-                new_nodes.append(cast(low, name, TensorProto.FLOAT))
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
+    _Fp16Rewrite(proto.graph, keep).run()
     # Old intermediate type annotations say FP32; drop them and let inference redo them.
-    del graph.value_info[:]
+    del proto.graph.value_info[:]
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:  # onnx raises InferenceError and friends
@@ -153,6 +77,102 @@ def convert_to_fp16(src: Path, dst: Path, *, keep_fp32_ops: Iterable[str] = KEEP
         ) from exc
     log.info("wrote FP16 graph %s (FP32 ops: %s)", dst, ", ".join(sorted(keep)))
     return dst
+
+
+class _Fp16Rewrite:
+    """The in-place rewrite of one graph: FP16 weights and ops, kept ops in FP32, FP32 I/O."""
+
+    def __init__(self, graph: Any, keep: frozenset[str]) -> None:
+        from onnx import TensorProto
+
+        self.graph, self.keep = graph, keep
+        _bypass_identities(graph)
+        self.types = _elem_types(graph)
+        self.consumers: dict[str, list[Any]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.counter = iter(range(1_000_000))
+        self.fp32_tensors: set[str] = set()
+        self.float_inputs = {
+            i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT
+        }
+        self.float_outputs = {
+            o.name for o in graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT
+        }
+
+    def only_fp32_users(self, name: str) -> bool:
+        users = self.consumers.get(name, [])
+        return bool(users) and all(u.op_type in self.keep for u in users)
+
+    def cast(self, inp: str, out: str, to: int) -> Any:
+        from onnx import helper
+
+        return helper.make_node("Cast", [inp], [out], to=to, name=f"fp16_cast_{next(self.counter)}")
+
+    def run(self) -> None:
+        from onnx import TensorProto
+
+        self._initializers()
+        new_nodes: list[Any] = []
+        # Graph inputs stay FP32: cast each once at the top, and feed the FP16 copy to FP16 ops.
+        renamed_in: dict[str, str] = {}
+        for name in self.float_inputs:
+            renamed_in[name] = f"{name}__fp16"
+            new_nodes.append(self.cast(name, renamed_in[name], TensorProto.FLOAT16))
+        for node in self.graph.node:
+            if node.op_type == "Constant":
+                _constant_to_half(node, self.only_fp32_users(node.output[0]))
+            elif node.op_type == "Cast" and _attr(node, "to") == TensorProto.FLOAT:
+                _set_attr_int(node, "to", TensorProto.FLOAT16)
+            if node.op_type in self.keep:
+                new_nodes += self._kept_fp32(node)
+                continue
+            for j, name in enumerate(node.input):
+                if name in renamed_in:
+                    node.input[j] = renamed_in[name]
+            new_nodes.append(node)
+            for j, name in enumerate(node.output):
+                if name in self.float_outputs:
+                    low = f"{name}__fp16"
+                    node.output[j] = low
+                    new_nodes.append(self.cast(low, name, TensorProto.FLOAT))
+        del self.graph.node[:]
+        self.graph.node.extend(new_nodes)
+
+    def _initializers(self) -> None:
+        """FP16 unless every user is a kept-FP32 op (LayerNorm's scale and bias)."""
+        from onnx import TensorProto, numpy_helper
+
+        for i, init in enumerate(self.graph.initializer):
+            if init.data_type != TensorProto.FLOAT:
+                continue
+            if self.only_fp32_users(init.name):
+                self.fp32_tensors.add(init.name)
+                continue
+            arr = numpy_helper.to_array(init)
+            self.graph.initializer[i].CopyFrom(numpy_helper.from_array(_to_half(arr), init.name))
+
+    def _kept_fp32(self, node: Any) -> list[Any]:
+        """A kept op between Casts: FP32 in (unless already), FP16 out (unless a graph output)."""
+        from onnx import TensorProto
+
+        out = []
+        for j, name in enumerate(node.input):
+            if not name or name in self.fp32_tensors or name in self.float_inputs:
+                continue  # FP32 already (a kept weight, or the graph's FP32 input itself)
+            if self.types.get(name) == TensorProto.FLOAT:
+                up = f"{name}__fp32_{next(self.counter)}"
+                out.append(self.cast(name, up, TensorProto.FLOAT))
+                node.input[j] = up
+        out.append(node)
+        for j, name in enumerate(node.output):
+            if name in self.float_outputs:
+                continue  # FP32 result is what the graph output wants
+            low = f"{name}__fp32out"
+            node.output[j] = low
+            out.append(self.cast(low, name, TensorProto.FLOAT16))
+        return out
 
 
 def _to_half(arr: np.ndarray) -> np.ndarray:
