@@ -9,7 +9,9 @@ norm, head) are measured once as a model whose only block is empty. The table is
 Backends: the PyTorch runners (eager, compile, cudagraph) time the modules themselves; ``ort``
 times them as the deployed graph runs them: every sub-layer (and the fixed parts, and each checked
 whole model) is exported to its own ONNX graph with the exporter ``uvc export`` uses, then run by
-ONNX Runtime with the benchmark's session settings (``uvc.bench.ort_runner.OrtRunner``).
+ONNX Runtime with the benchmark's session settings (``uvc.bench.ort_runner.OrtRunner``); ``trt``
+builds a TensorRT engine of each graph (profile pinned to the table's batch, one shared timing
+cache) and runs it like ``uvc bench --backends trt``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from uvc.bench.ort_runner import OrtRunner
-from uvc.bench.runners import Backend, Precision, Runner, RunnerConfig, TorchRunner
+from uvc.bench.runners import (
+    Backend,
+    Precision,
+    Runner,
+    RunnerConfig,
+    TorchRunner,
+    TrtEngineRunner,
+)
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
 from uvc.cost import LUT_FORMAT, LUT_VERSION, LUT_VERSION_EMBED, LatencyTable
@@ -37,7 +46,7 @@ from uvc.spec import BlockSpec, ViTSpec
 
 log = logging.getLogger(__name__)
 
-LUT_BACKENDS = (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH, Backend.ORT)
+LUT_BACKENDS = (Backend.EAGER, Backend.COMPILE, Backend.CUDAGRAPH, Backend.ORT, Backend.TRT)
 # Graph exporters for --backend ort: "dynamo" is what `uvc export` writes by default.
 LUT_EXPORTERS = ("dynamo", "torchscript")
 
@@ -119,11 +128,14 @@ class LutConfig:
             raise ValueError(f"embed_dims must include the model's width {self.spec.embed_dim}")
         object.__setattr__(self, "embed_dims", e)
         object.__setattr__(self, "backend", Backend(self.backend))
+        object.__setattr__(self, "precision", Precision(self.precision))
         if self.exporter not in LUT_EXPORTERS:
             raise ValueError(f"exporter must be one of {LUT_EXPORTERS}, got {self.exporter!r}")
         if self.backend not in LUT_BACKENDS:
             names = ", ".join(b.value for b in LUT_BACKENDS)
             raise ValueError(f"latency tables are measured with {names}, not {self.backend.value}")
+        if self.backend is Backend.TRT and torch.device(self.device).type != "cuda":
+            raise ValueError("trt tables are measured on a GPU: give --device cuda")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         for name in ("heads", "qk_dims", "v_dims", "mlp_dims"):
@@ -185,16 +197,43 @@ def time_modules(
 def _runners(
     modules: Sequence[tuple[nn.Module, tuple[int, ...]]], config: LutConfig, workdir: Path
 ) -> list[Runner]:
-    """Unopened runners of ``modules``: PyTorch ones, or ONNX Runtime on exported graphs."""
+    """Unopened runners of ``modules``: PyTorch ones, or ONNX Runtime / TensorRT engines on
+    exported graphs."""
     rc = config.runner_config()
-    if config.backend is not Backend.ORT:
+    if config.backend not in (Backend.ORT, Backend.TRT):
         return [TorchRunner(m, shape, rc) for m, shape in modules]
     out: list[Runner] = []
     for i, (m, shape) in enumerate(modules):
         log.info("exporting graph %d/%d (%s)", i + 1, len(modules), config.exporter)
         path = export_module(m, shape, workdir / f"m{i}.onnx", config.exporter)
-        out.append(OrtRunner(path, shape, rc, batch_sizes=(config.batch,)))
+        if config.backend is Backend.ORT:
+            if config.precision is Precision.FP16:  # what ORT deploys: the FP16 graph
+                from uvc.export.fp16 import convert_to_fp16
+
+                path = convert_to_fp16(path, path.with_suffix(".fp16.onnx"))
+            out.append(OrtRunner(path, shape, rc, batch_sizes=(config.batch,)))
+        else:
+            out.append(TrtEngineRunner(_engine(path, config, workdir), shape, rc))
     return out
+
+
+def _engine(onnx_path: Path, config: LutConfig, workdir: Path) -> Path:
+    """A TensorRT engine of one exported graph, its profile pinned to the table's batch; one
+    timing cache shared by all of them (the grid points repeat the same layer shapes)."""
+    from uvc.export.tensorrt import TrtBuildConfig, build_engine
+
+    fp16 = config.precision is Precision.FP16
+    fp16_onnx = None
+    if fp16:
+        from uvc.export.fp16 import convert_to_fp16
+
+        fp16_onnx = convert_to_fp16(onnx_path, onnx_path.with_suffix(".fp16.onnx"))
+    b = config.batch
+    cfg = TrtBuildConfig(
+        min_batch=b, opt_batch=b, max_batch=b, fp16=fp16, timing_cache=workdir / "timing.cache"
+    )
+    built = build_engine(onnx_path, onnx_path.with_suffix(".engine"), cfg, fp16_onnx=fp16_onnx)
+    return built.engine
 
 
 def export_module(

@@ -133,7 +133,8 @@ def build_engine(
     """Build and write a serialized TensorRT engine.
 
     Args:
-        onnx_path: the FP32 ONNX graph (input ``images``, dynamic batch).
+        onnx_path: the FP32 ONNX graph (one input with a dynamic batch axis: ``images`` for a
+            model, any name for a latency table's sub-layer).
         engine_path: where to write the engine.
         cfg: profile, precision, workspace, timing cache.
         fp16_onnx: the FP16 graph of ``uvc.export.fp16``; required for ``cfg.fp16`` on TensorRT 11.
@@ -142,8 +143,6 @@ def build_engine(
         BackendUnavailable: no TensorRT or no GPU.
         ExportError: the graph does not parse or the build fails.
     """
-    from uvc.export.onnx import INPUT_NAME, input_shape_of
-
     trt = require_tensorrt()
     require_cuda()
     major = trt_major(trt)
@@ -169,13 +168,16 @@ def build_engine(
         config.clear_flag(trt.BuilderFlag.TF32)
     if cfg.fp16 and major < 11:
         config.set_flag(trt.BuilderFlag.FP16)
-    chw = input_shape_of(source)
+    if network.num_inputs != 1:
+        raise ExportError(f"{source}: expected one input, the network has {network.num_inputs}")
+    inp = network.get_input(0)  # its batch axis is dynamic (-1); the rest is fixed
+    per_sample = tuple(int(d) for d in tuple(inp.shape)[1:])
     profile = builder.create_optimization_profile()
     profile.set_shape(
-        INPUT_NAME,
-        (cfg.min_batch, *chw),
-        (cfg.opt_batch, *chw),
-        (cfg.max_batch, *chw),
+        inp.name,
+        (cfg.min_batch, *per_sample),
+        (cfg.opt_batch, *per_sample),
+        (cfg.max_batch, *per_sample),
     )
     config.add_optimization_profile(profile)
     cache_bytes = b""

@@ -103,7 +103,9 @@ def test_grids_and_frames() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="increasing"):
         LutConfig(spec=tiny_spec(), heads=(2, 1))
-    with pytest.raises(ValueError, match="not trt"):
+    with pytest.raises(ValueError, match="not ort-trt"):
+        LutConfig(spec=tiny_spec(), backend="ort-trt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device cuda"):
         LutConfig(spec=tiny_spec(), backend="trt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="statistic"):
         LutConfig(spec=tiny_spec(), statistic="mean")  # type: ignore[arg-type]
@@ -144,3 +146,24 @@ def test_ort_table_times_exported_graphs(tmp_path: Path) -> None:
     path = export_module(CallOverhead(), (5, 32), tmp_path / "o.onnx", "torchscript")
     out = ort.InferenceSession(str(path)).run(None, {"x": torch.ones(3, 5, 32).numpy()})[0]
     assert out.shape == (3, 32)
+
+
+@pytest.mark.gpu
+def test_trt_table_builds_an_engine_per_graph(tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs a GPU machine)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch: TensorRT engines cannot be built here")
+    config = LutConfig(
+        spec=tiny_spec(),
+        backend="trt",
+        device="cuda",
+        exporter="torchscript",
+        heads=(1, 4),
+        qk_dims=(4, 8),
+        v_dims=(4, 8),
+        mlp_dims=(16, 96),
+        timing=TINY_TIMING,
+    )
+    table, err = build_lut(config, tmp_path / "trt_lut.json", check_specs=1)
+    assert LatencyTable.load(tmp_path / "trt_lut.json").meta["backend"] == "trt"
+    assert table.fixed_ms > 0 and err is not None and err.measured_ms[0] > 0

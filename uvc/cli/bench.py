@@ -196,10 +196,18 @@ def bench(
 @device_option()
 @click.option(
     "--backend",
-    type=click.Choice(["eager", "compile", "cudagraph", "ort"]),
+    type=click.Choice(["eager", "compile", "cudagraph", "ort", "trt"]),
     default="eager",
     show_default=True,
-    help="ort: every sub-layer exported to its own ONNX graph and run by ONNX Runtime.",
+    help="ort / trt: every sub-layer exported to its own ONNX graph, run by ONNX Runtime / as a "
+    "TensorRT engine (trt: --device cuda).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16/bf16 on CUDA (trt fp16: an FP16 engine).",
 )
 @click.option(
     "--exporter",
@@ -244,6 +252,7 @@ def lut(
     device: str,
     backend: str,
     exporter: str,
+    precision: str,
     statistic: str,
     batch: int,
     threads: int | None,
@@ -277,6 +286,7 @@ def lut(
             device=device,
             threads=threads or default_threads(),
             exporter=exporter,
+            precision=precision,
             statistic=statistic,
             embed_dims=parse_csv(int, embed_dims) if embed_dims else (),
         )
