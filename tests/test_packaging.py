@@ -54,3 +54,29 @@ def test_python_m_uvc_runs() -> None:
     ).stdout
     for command in ("train", "export", "bench", "inspect", "demo", "lut"):
         assert command in out
+
+
+ABOVE_CORE = {"uvc/api.py", "uvc/tools.py", "uvc/__init__.py", "uvc/__main__.py"}
+
+
+def test_the_core_never_imports_export_bench_or_the_cli() -> None:
+    """Dependency direction (DESIGN.md): uvc.cli -> uvc.pipeline/api -> uvc.export -> core."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "uvc").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ABOVE_CORE or rel.startswith(("uvc/cli/", "uvc/pipeline/")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith(
+                    ("uvc.export", "uvc.bench", "uvc.cli", "uvc.pipeline", "uvc.api", "uvc.tools")
+                ):
+                    bad.append(f"{rel}: {name}")
+    assert not bad, bad

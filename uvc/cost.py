@@ -377,13 +377,31 @@ def _interp(values: Tensor, grids: tuple[tuple[float, ...], ...], xs: tuple[Tens
     return out
 
 
+def cost_of(target: Any) -> ModelCost:
+    """MACs and parameters of a spec, a model (a uvc ViT, or one ``uvc.adapters`` converts), or
+    anything ``uvc.load`` takes (a checkpoint, export folder, spec JSON or timm name: only its
+    spec is read)."""
+    from torch import nn
+
+    if isinstance(target, ViTSpec):
+        return model_cost(target)
+    if isinstance(target, nn.Module):
+        spec = getattr(target, "spec", None)
+        if not isinstance(spec, ViTSpec):
+            from uvc.adapters import from_module
+
+            spec = from_module(target).spec
+        return model_cost(spec)
+    from uvc.source import resolve_spec
+
+    return model_cost(resolve_spec(target))
+
+
 # ``uvc.cost`` is both this module and the API's ``uvc.cost(model_or_spec)``: once the submodule is
 # imported, the package attribute *is* the module, so the module itself is made callable.
 class _CallableModule(types.ModuleType):
     def __call__(self, target: Any) -> ModelCost:
-        """``uvc.cost(model_or_spec_or_path)``: see ``uvc.api.cost``."""
-        from uvc.api import cost as cost_of
-
+        """``uvc.cost(model_or_spec_or_path)``: see ``cost_of``."""
         return cost_of(target)
 
 

@@ -1,0 +1,123 @@
+"""The package face's small tools: load, save, cost, export_onnx, benchmark.
+
+Thin, typed wrappers over the library (``uvc.source``, ``uvc.checkpoint``, ``uvc.cost``,
+``uvc.export``, ``uvc.bench``), re-exported lazily by ``uvc/__init__.py``. Like ``uvc.api`` this
+sits above the core: it may import ``uvc.export`` and ``uvc.bench``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uvc.api import as_vit
+from uvc.errors import UvcError
+from uvc.model import ViT
+from uvc.spec import ViTSpec
+
+
+def load(target: str | Path, weights: str | Path | None = None) -> ViT:
+    """A ``uvc`` ViT from a checkpoint, an export folder, a spec JSON or a timm name.
+
+    Args:
+        target: ``final.pt`` / ``model.pt`` / ``uvc convert`` output, an export folder, a spec
+            JSON (random weights) or a timm model name (timm's initialisation; never downloaded).
+        weights: a local weights file for ``target`` (timm/DeiT/uvc formats).
+    """
+    from uvc.source import load_model
+
+    return load_model(target, weights)
+
+
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a ``uvc`` ViT, or one ``as_vit`` converts) as a uvc checkpoint, atomically.
+
+    The spec travels inside, so ``uvc.load``, ``uvc export`` and ``uvc bench`` need nothing else.
+    """
+    from uvc.checkpoint import Checkpoint, save_checkpoint
+
+    vit = as_vit(model)
+    return save_checkpoint(path, Checkpoint(vit.spec, vit.state_dict(), dict(meta or {})))
+
+
+def cost(target: nn.Module | ViTSpec | str | Path) -> Any:
+    """MACs and parameters (``uvc.cost.ModelCost``: ``.macs``, ``.params``, per block) of a
+    model, a spec, or anything ``uvc.load`` takes (only its spec is read)."""
+    from uvc.cost import cost_of
+
+    return cost_of(target)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    atol: float = 1e-4,
+    validate: bool = True,
+) -> Path:
+    """Export ``model`` to one ONNX file with a dynamic batch axis, checked by ``onnx.checker``
+    and (``validate``) compared with PyTorch in ONNX Runtime on batches 1 and 2.
+
+    Raises:
+        ValidationError: the outputs differ by more than ``atol``.
+    """
+    from uvc.errors import ValidationError
+    from uvc.export.onnx import check_onnx, validate_onnx
+    from uvc.export.onnx import export_onnx as _export
+
+    vit = as_vit(model).eval()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export(vit, out, opset=opset)
+    check_onnx(out, opset)
+    if validate:
+        s = vit.spec
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(b, s.in_chans, s.img_size, s.img_size, generator=gen) for b in (1, 2)]
+        report = validate_onnx(vit, out, inputs)
+        if report.max_abs > atol:
+            raise ValidationError(
+                f"{out}: ONNX Runtime differs from PyTorch by {report.max_abs:.2e} > {atol}"
+            )
+    return out
+
+
+def benchmark(
+    models: dict[str, nn.Module | str | Path],
+    *,
+    baseline: str | None = None,
+    backends: tuple[str, ...] = ("eager", "ort"),
+    batch_sizes: tuple[int, ...] = (1, 8),
+    device: str = "cpu",
+    threads: int | None = None,
+    rounds: int = 5,
+) -> Any:
+    """Time ``models`` (label -> model or ``uvc bench`` target) against ``baseline`` (default:
+    the first), round-robin, per backend and batch; returns ``uvc.bench.report.BenchResult``
+    (``.rows`` with latency, speedup and efficiency; ``.to_dict()`` for JSON)."""
+    from uvc.bench.harness import BenchConfig, BenchModel, load_target, run_benchmark
+    from uvc.bench.timer import TimingConfig
+
+    loaded = []
+    for label, m in models.items():
+        if isinstance(m, nn.Module):
+            loaded.append(BenchModel(label, as_vit(m).eval()))
+        else:
+            bm = load_target(m)
+            bm.label = label
+            loaded.append(bm)
+    try:
+        config = BenchConfig(
+            backends=tuple(backends),  # type: ignore[arg-type]
+            batch_sizes=tuple(batch_sizes),
+            device=device,
+            threads=threads or torch.get_num_threads(),
+            timing=TimingConfig(rounds=rounds),
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    return run_benchmark(loaded, config, baseline)
