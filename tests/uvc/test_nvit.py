@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +129,7 @@ def _single():  # type: ignore[no-untyped-def]
     return DistInfo()
 
 
-def _search(out: Path | None, resume: bool = False, stop_at: int | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def _search(out: Path | None, resume: bool = False, hang_at: int | None = None, **kw: object):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     spec = kw.pop("spec", None) or tiny_spec()
     model, teacher = ViT(spec), ViT(spec)  # type: ignore[arg-type]
@@ -134,8 +139,9 @@ def _search(out: Path | None, resume: bool = False, stop_at: int | None = None, 
     cfg = SearchConfig(**settings)  # type: ignore[arg-type]
 
     def log(rec: dict) -> None:
-        if stop_at is not None and rec.get("kind") == "search_step" and rec["step"] >= stop_at:
-            raise KeyboardInterrupt  # the process dies mid-epoch: only search.pt survives
+        if hang_at is not None and rec.get("kind") == "search_step" and rec["step"] >= hang_at:
+            (out / "hanging").touch()  # type: ignore[operator]
+            time.sleep(120)  # mid-epoch, waiting for the test's kill -9
 
     return run_search(model, teacher, _data(6), None, DistillLoss(DistillConfig()), cfg, out,
                       device=CPU, resume=resume, log=log)  # fmt: skip
@@ -157,13 +163,23 @@ def test_the_budget_is_met_within_one_percent(metric: str, budget: float) -> Non
         assert b.heads >= 1 and b.qk_dim >= 1 and b.v_dim >= 1
 
 
-def test_resume_mid_pruning_gives_the_same_architecture(tmp_path: Path) -> None:
-    straight = _search(tmp_path / "a", log_every=1)
-    with pytest.raises(KeyboardInterrupt):
-        _search(tmp_path / "b", stop_at=13, log_every=1)  # dies in epoch 2 of 0..2
-    extra = load_checkpoint(tmp_path / "b" / "search.pt").extra
+def test_kill_9_mid_pruning_and_resume_give_the_same_architecture(tmp_path: Path) -> None:
+    killed = tmp_path / "b"
+    killed.mkdir()
+    code = ("from pathlib import Path; from tests.uvc.test_nvit import _search; "
+            f"_search(Path({str(killed)!r}), hang_at=13, log_every=1)")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process: bit-identical arithmetic
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env)
+    straight = _search(tmp_path / "a", log_every=1)  # meanwhile, the uninterrupted run
+    deadline = time.time() + 120
+    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # in epoch 2 of 0..2
+    assert proc.wait() == -signal.SIGKILL and (killed / "hanging").exists()
+    extra = load_checkpoint(killed / "search.pt").extra
     assert extra["events"] and not extra["done"]  # the checkpoint is mid-pruning
-    resumed = _search(tmp_path / "b", resume=True, log_every=1)
+    resumed = _search(killed, resume=True, log_every=1)
     assert resumed.keep == straight.keep and resumed.spec == straight.spec
     assert (tmp_path / "a" / "keep.json").read_text() == (tmp_path / "b" / "keep.json").read_text()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
