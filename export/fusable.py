@@ -47,7 +47,8 @@ class BlockFusion:
         heads: heads of the block (0: no attention, nothing to fuse).
         qk_dim: per-head query/key width.
         scale: the scale the model multiplies q.k^T by.
-        fusable: the block has attention and its scale is 1/sqrt(qk_dim).
+        fusable: the block has attention, its scale is 1/sqrt(qk_dim), and a LayerNorm reads
+            its residual sum (the fusion's anchor).
         reason: why it is not fusable ("" when it is).
     """
 
