@@ -95,6 +95,18 @@ class PrimalDual:
         # steps much larger than that overshoot the budget by whole blocks.
         return min(MAX_PACE, 1.0 + (2 * p - 2) * left)
 
+    def urgency(self, step: int, total: int) -> float:
+        """z's step grows as the search runs out: ``1 / max(0.1, share of steps left)``.
+
+        The counts drift back up late in a search when the distillation and the group duals pull
+        harder than a slowly ascending z pushes (measured on the CIFAR-10 ViT: R 0.50 mid-search,
+        0.61 at the end). Scaling z's ascent to the steps that remain makes the budget bind
+        before the end, so the final projection only rounds.
+        """
+        if not self.cfg.schedule_aware:
+            return 1.0
+        return 1.0 / max(0.1, 1.0 - step / max(1, total))
+
     def z_lr_at(self, step: int, total: int) -> float:
         end = self.cfg.z_lr if self.cfg.z_lr_end is None else self.cfg.z_lr_end
         return linear(step, total, self.cfg.z_lr, end)
@@ -148,7 +160,7 @@ class PrimalDual:
         shares = proximal_shrink_(model, keep_now, self.duals, lr)
         self._structure_step(step, total, warmup)
         r_val = float(r.detach())
-        zlr = self.z_lr_at(step, total) * self.pace(step, total)
+        zlr = self.z_lr_at(step, total) * self.pace(step, total) * self.urgency(step, total)
         self.duals.z = ascend_z(self.duals.z, r_val, cfg.budget, zlr)
         ascend_groups(self.duals, shares, cfg.y_lr)
         return {
