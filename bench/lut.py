@@ -20,23 +20,17 @@ import logging
 import math
 import random
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from uvc.bench.ort_runner import OrtRunner
-from uvc.bench.runners import (
-    Backend,
-    Precision,
-    Runner,
-    RunnerConfig,
-    TorchRunner,
-    TrtEngineRunner,
-)
-from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
+
+# How modules are timed (runners, graph export, engines) lives in ``lut_timing``; re-exported here.
+from uvc.bench.lut_timing import CallOverhead, export_module, time_modules  # noqa: F401
+from uvc.bench.runners import Backend, Precision, RunnerConfig
+from uvc.bench.timer import TimingConfig, set_threads
 
 from uvc.cost import LUT_FORMAT, LUT_VERSION, LUT_VERSION_EMBED, LatencyTable
 from uvc.errors import BackendUnavailable, SpecError
@@ -162,121 +156,6 @@ class LutConfig:
         return RunnerConfig(self.backend, self.device, self.precision, self.threads)
 
 
-def time_modules(
-    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], config: LutConfig
-) -> list[float]:
-    """Median milliseconds per call of each (module, per-sample input shape), interleaved.
-
-    All modules are timed round-robin (``config.timing.rounds`` passes), so a burst of load from
-    another process spreads over every grid point instead of corrupting one of them. With the
-    ``ort`` backend each module is first exported to ONNX and run by ONNX Runtime.
-    """
-    rc = config.runner_config()
-    watch = Stopwatch(rc.torch_device if rc.on_cuda and rc.backend is not Backend.ORT else "cpu")
-    t = config.timing
-    live: list[tuple[Runner, torch.Tensor, list[float]]] = []
-    with tempfile.TemporaryDirectory(prefix="uvc-lut-") as tmp:
-        runners = _runners(modules, config, Path(tmp))
-        try:
-            for r in runners:
-                r.__enter__()
-                r.prepare(config.batch)
-                live.append((r, r.make_input(config.batch), []))
-            for k in range(t.rounds):
-                # A table can take minutes: say where it is (one line per round).
-                log.info("timing round %d/%d over %d modules", k + 1, t.rounds, len(live))
-                for r, x, samples in live:
-                    samples += take_samples(lambda r=r, x=x: r.infer(x), t.reps, watch, t.warmup)
-        finally:
-            for r, *_ in live:
-                r.__exit__(None, None, None)
-    stats = [summarize(samples, config.batch, "lut") for _, _, samples in live]
-    return [s.min_ms if config.statistic == "min" else s.median_ms for s in stats]
-
-
-def _runners(
-    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], config: LutConfig, workdir: Path
-) -> list[Runner]:
-    """Unopened runners of ``modules``: PyTorch ones, or ONNX Runtime / TensorRT engines on
-    exported graphs."""
-    rc = config.runner_config()
-    if config.backend not in (Backend.ORT, Backend.TRT):
-        return [TorchRunner(m, shape, rc) for m, shape in modules]
-    out: list[Runner] = []
-    for i, (m, shape) in enumerate(modules):
-        log.info("exporting graph %d/%d (%s)", i + 1, len(modules), config.exporter)
-        path = export_module(m, shape, workdir / f"m{i}.onnx", config.exporter)
-        if config.backend is Backend.ORT:
-            if config.precision is Precision.FP16:  # what ORT deploys: the FP16 graph
-                from uvc.export.fp16 import convert_to_fp16
-
-                path = convert_to_fp16(path, path.with_suffix(".fp16.onnx"))
-            out.append(OrtRunner(path, shape, rc, batch_sizes=(config.batch,)))
-        else:
-            out.append(TrtEngineRunner(_engine(path, config, workdir), shape, rc))
-    return out
-
-
-def _engine(onnx_path: Path, config: LutConfig, workdir: Path) -> Path:
-    """A TensorRT engine of one exported graph, its profile pinned to the table's batch; one
-    timing cache shared by all of them (the grid points repeat the same layer shapes)."""
-    from uvc.export.tensorrt import TrtBuildConfig, build_engine
-
-    fp16 = config.precision is Precision.FP16
-    fp16_onnx = None
-    if fp16:
-        from uvc.export.fp16 import convert_to_fp16
-
-        fp16_onnx = convert_to_fp16(onnx_path, onnx_path.with_suffix(".fp16.onnx"))
-    b = config.batch
-    cfg = TrtBuildConfig(
-        min_batch=b, opt_batch=b, max_batch=b, fp16=fp16, timing_cache=workdir / "timing.cache"
-    )
-    built = build_engine(onnx_path, onnx_path.with_suffix(".engine"), cfg, fp16_onnx=fp16_onnx)
-    return built.engine
-
-
-def export_module(
-    module: nn.Module, shape: tuple[int, ...], path: Path, exporter: str = "dynamo"
-) -> Path:
-    """Export ``module`` (a ViT, or a sub-layer taking (batch, *shape)) to ONNX, batch dynamic.
-
-    A ViT goes through ``uvc.export.onnx.export_onnx``, exactly as ``uvc export`` writes it; a
-    sub-layer through the same ``torch.onnx.export`` path and opset.
-    """
-    from uvc.export.onnx import MIN_OPSET, Exporter, _quiet_exporter, export_onnx
-
-    if isinstance(module, ViT):
-        return export_onnx(module, path, exporter=Exporter(exporter))
-    m = module.eval()
-    x = torch.randn(2, *shape)
-    names = {"input_names": ["x"], "output_names": ["y"]}
-    with torch.no_grad(), _quiet_exporter():
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(
-                m,
-                (x,),
-                str(path),
-                dynamo=True,
-                opset_version=MIN_OPSET,
-                dynamic_shapes=({0: batch},),
-                verbose=False,
-                **names,
-            )
-        else:
-            torch.onnx.export(
-                m,
-                (x,),
-                str(path),
-                dynamo=False,
-                opset_version=MIN_OPSET,
-                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                **names,
-            )
-    return path
-
-
 def measure_lut(config: LutConfig) -> LatencyTable:
     """Measure the attention grid, the MLP grid and the fixed parts; return the table."""
     return _measure(config, ())[0]
@@ -343,13 +222,6 @@ def _measure(config: LutConfig, specs: Sequence[ViTSpec]) -> tuple[LatencyTable,
     if config.embed_dims:
         data["embed"] = {"embed_dim": list(widths), "fixed_ms": list(fixed)}
     return LatencyTable.from_dict(data), whole
-
-
-class CallOverhead(nn.Module):
-    """Next to no work (the first token): its latency is the cost of a call itself."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0]
 
 
 def _device_name(device: str) -> str:
