@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,14 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+# Timing caches and atomic writes live in ``trt_cache``; re-exported here.
+from uvc.export.trt_cache import (
+    _write_bytes,
+    read_timing_cache,
+    use_timing_cache,
+    write_timing_cache,
+)
 from uvc.export.validate import Comparison, ValidationReport, compare, require_tolerance
 
 from uvc.errors import BackendUnavailable, ExportError
@@ -146,44 +153,12 @@ def build_engine(
     trt = require_tensorrt()
     require_cuda()
     major = trt_major(trt)
-    source = onnx_path
-    if cfg.fp16 and major >= 11:
-        # Strongly typed: the graph's own types decide the precision.
-        if fp16_onnx is None:
-            raise ExportError("TensorRT 11 builds FP16 engines from the FP16 ONNX graph; pass it")
-        source = fp16_onnx
+    source = _source_graph(onnx_path, cfg, fp16_onnx, major)
     logger = trt_logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
-    parser = trt.OnnxParser(network, logger)
-    # parse_from_file resolves external data (model.onnx.data) relative to the graph.
-    if not parser.parse_from_file(str(source)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {source}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
-    if cfg.tf32:
-        config.set_flag(trt.BuilderFlag.TF32)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if cfg.fp16 and major < 11:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if network.num_inputs != 1:
-        raise ExportError(f"{source}: expected one input, the network has {network.num_inputs}")
-    inp = network.get_input(0)  # its batch axis is dynamic (-1); the rest is fixed
-    per_sample = tuple(int(d) for d in tuple(inp.shape)[1:])
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        inp.name,
-        (cfg.min_batch, *per_sample),
-        (cfg.opt_batch, *per_sample),
-        (cfg.max_batch, *per_sample),
-    )
-    config.add_optimization_profile(profile)
-    cache_bytes = b""
-    if cfg.timing_cache is not None:
-        cache_bytes = read_timing_cache(Path(cfg.timing_cache), str(trt.__version__))
-    use_timing_cache(config, cache_bytes)
+    # The parser is held until the build is done: it owns the weights the network refers to.
+    network, _parser = _parse_network(trt, builder, logger, source)
+    config = _builder_config(trt, builder, network, cfg, major, source)
 
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -208,59 +183,57 @@ def build_engine(
     )
 
 
-def read_timing_cache(path: Path, version: str) -> bytes:
-    """The timing cache at ``path`` if it was written by this TensorRT ``version``, else b"".
-
-    A cache from another TensorRT version is rejected by the builder (or, worse, half-used); the
-    version is kept in ``<cache>.version`` beside it, so a stale cache is simply not read.
-    """
-    if not path.is_file():
-        return b""
-    tag = path.with_name(path.name + ".version")
-    written_by = tag.read_text().strip() if tag.is_file() else "an unknown version"
-    if written_by != version:
-        log.warning(
-            "timing cache %s was written by TensorRT %s, this is %s: starting a new one",
-            path,
-            written_by,
-            version,
-        )
-        return b""
-    return path.read_bytes()
+def _source_graph(onnx_path: Path, cfg: TrtBuildConfig, fp16_onnx: Path | None, major: int) -> Path:
+    """The ONNX graph TensorRT parses: the FP16 one for an FP16 engine on TensorRT >= 11."""
+    source = onnx_path
+    if cfg.fp16 and major >= 11:
+        # Strongly typed: the graph's own types decide the precision.
+        if fp16_onnx is None:
+            raise ExportError("TensorRT 11 builds FP16 engines from the FP16 ONNX graph; pass it")
+        source = fp16_onnx
+    return source
 
 
-def write_timing_cache(path: Path, data: bytes, version: str) -> None:
-    """Write a timing cache and its version tag (parent folders created)."""
-    _write_bytes(path, data)
-    _write_bytes(path.with_name(path.name + ".version"), (version + "\n").encode())
+def _parse_network(trt: ModuleType, builder: Any, logger: Any, source: Path) -> tuple[Any, Any]:
+    """The network parsed from ``source``, and its parser (keep it alive until the build ends)."""
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves external data (model.onnx.data) relative to the graph.
+    if not parser.parse_from_file(str(source)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {source}: {errors}")
+    return network, parser
 
 
-def use_timing_cache(config: Any, data: bytes) -> Any:
-    """Create a timing cache from ``data`` and set it on the builder ``config``.
-
-    ``set_timing_cache`` returns False when the cache does not fit this TensorRT/device (and
-    ``create_timing_cache`` may return None): then an empty cache is used instead, with a warning.
-
-    Raises:
-        ExportError: not even an empty cache could be set.
-    """
-    cache = config.create_timing_cache(data)
-    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-        return cache
-    if data:
-        log.warning("TensorRT rejected the timing cache (another version or GPU): starting empty")
-        cache = config.create_timing_cache(b"")
-        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-            return cache
-    raise ExportError("TensorRT could not set a timing cache on the builder config")
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` beside ``path`` then rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _builder_config(
+    trt: ModuleType, builder: Any, network: Any, cfg: TrtBuildConfig, major: int, source: Path
+) -> Any:
+    """The builder config: workspace, precision flags, the batch profile and the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    if cfg.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if cfg.fp16 and major < 11:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if network.num_inputs != 1:
+        raise ExportError(f"{source}: expected one input, the network has {network.num_inputs}")
+    inp = network.get_input(0)  # its batch axis is dynamic (-1); the rest is fixed
+    per_sample = tuple(int(d) for d in tuple(inp.shape)[1:])
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        inp.name,
+        (cfg.min_batch, *per_sample),
+        (cfg.opt_batch, *per_sample),
+        (cfg.max_batch, *per_sample),
+    )
+    config.add_optimization_profile(profile)
+    cache_bytes = b""
+    if cfg.timing_cache is not None:
+        cache_bytes = read_timing_cache(Path(cfg.timing_cache), str(trt.__version__))
+    use_timing_cache(config, cache_bytes)
+    return config
 
 
 def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
