@@ -22,10 +22,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from uvc.dist import DistInfo
 from uvc.errors import DataError
 
+# Reading image folders lives in ``uvc.folders``; re-exported here.
+from uvc.folders import (  # noqa: F401
+    IMAGE_SUFFIXES,
+    FolderDataset,
+    _check_classes,
+    _class_names,
+    scan_folder,
+)
+
 log = logging.getLogger(__name__)
 
 DIGITS = "digits"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 # The split of the built-in set never depends on the training seed: "val accuracy" means the same
 # 360 images in every run.
 SPLIT_SEED = 20220
@@ -155,28 +163,6 @@ class DigitsDataset(Dataset):
         return self.images[i], self.targets[i]
 
 
-def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Classes (sorted sub-folder names) and ``(image path, class index)`` samples of ``root``.
-
-    Raises:
-        DataError: ``root`` is missing, has no class folders, or a class has no images.
-    """
-    if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    samples: list[tuple[Path, int]] = []
-    for i, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(
-                f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        samples += [(p, i) for p in files]
-    return classes, samples
-
-
 def check_folder(data: str, val_split: float = 0.0, sample: int = 16) -> list[str]:
     """Check a dataset before any work: layout, classes, and a sample of images that must open.
 
@@ -209,58 +195,6 @@ def check_folder(data: str, val_split: float = 0.0, sample: int = 16) -> list[st
             "part of it for validation"
         )
     return _check_classes(root, sample)
-
-
-def _class_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _check_classes(root: Path, sample: int) -> list[str]:
-    """Every class folder holds an image (the first one found); sampled ones must open."""
-    from PIL import Image, UnidentifiedImageError
-
-    classes = _class_names(root)
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    step = max(1, len(classes) // max(1, sample))
-    for i, name in enumerate(classes):
-        first = next(
-            (p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), None
-        )
-        if first is None:
-            raise DataError(
-                f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        if i % step == 0:
-            try:
-                with Image.open(first) as im:
-                    im.convert("RGB")
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise DataError(f"cannot read image {first}: {exc}") from None
-    return classes
-
-
-class FolderDataset(Dataset):
-    """ImageFolder samples read lazily; an unreadable image raises ``DataError`` naming its path."""
-
-    def __init__(
-        self, samples: list[tuple[Path, int]], classes: list[str], transform: Callable
-    ) -> None:
-        self.samples, self.classes, self.transform = samples, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
-
-        path, target = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-        return self.transform(img), target
 
 
 SMALL_IMAGES = 64  # up to this side, train with crop-and-pad (CIFAR style), not timm's RRC
