@@ -16,7 +16,6 @@ Output folder:
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -32,6 +31,9 @@ from uvc.export.artifacts import (
     usual_permissions,
     write_json,
 )
+
+# Loading the model to export lives in ``loading``; re-exported here.
+from uvc.export.loading import _keep_of, _read_torch_file, load_export_model  # noqa: F401
 from uvc.export.onnx import MIN_OPSET, Exporter
 from uvc.export.optimize import OptimizeTarget
 from uvc.export.validate import ValidationReport
@@ -180,91 +182,39 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     return ExportResult(cfg.out, files, summary)
 
 
-def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Module, str]:
-    """The dense ``ViT`` to export and a word for what it came from.
-
-    A checkpoint whose ``extra`` holds ``"keep"`` (a search checkpoint) is materialized with
-    ``uvc.export.materialize`` so the exported model is the physically smaller one.
-    """
-    from uvc.export.materialize import materialize
-
-    from uvc.checkpoint import is_checkpoint, load_checkpoint
-    from uvc.errors import CheckpointError
-    from uvc.keep import KeepSet, check_keep
-    from uvc.model import ViT
-    from uvc.source import load_model
-    from uvc.weights import load_weights
-
-    path = Path(target)
-    if path.is_file() and path.suffix != ".json" and is_checkpoint(_read_torch_file(path)):
-        ckpt = load_checkpoint(path)
-        model = ViT(ckpt.spec)
-        load_weights(model, ckpt.state_dict if weights is None else weights)
-        keep_data = _keep_of(path, ckpt)
-        if keep_data is None:
-            return model.eval(), "dense checkpoint"
-        try:
-            keep = KeepSet.from_json(keep_data)  # NViT's keep.json has an embed part
-            check_keep(ckpt.spec, keep)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} holds an invalid keep-set: {exc}") from None
-        return materialize(model, keep).eval(), "search checkpoint (materialized)"
-    model = load_model(target, weights)
-    return model.eval(), "weights file" if weights is not None else "random init"
-
-
-def _keep_of(path: Path, ckpt: Any) -> list[dict[str, Any]] | None:
-    """The keep-set of a search checkpoint: ``extra["keep"]``, else ``keep.json`` beside it.
-
-    ``uvc.search`` writes ``search.pt`` every epoch (full weights, no keep-set) and the final,
-    budget-projected keep-set to ``keep.json`` in the same folder when the search ends.
-    """
-    from uvc.errors import CheckpointError
-
-    if "keep" in ckpt.extra:
-        return ckpt.extra["keep"]
-    is_search = ckpt.meta.get("kind") == "search" or ckpt.extra.get("kind") == "uvc-search"
-    if not is_search:
-        return None
-    keep_file = path.parent / "keep.json"
-    if not keep_file.is_file():
-        raise CheckpointError(
-            f"{path} is a search checkpoint without a keep-set and {keep_file} is missing: let the "
-            "search finish (it writes keep.json) or export the run's final.pt"
-        )
-    try:
-        return json.loads(keep_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read the keep-set {keep_file}: {exc}") from None
-
-
-def _read_torch_file(path: Path) -> object:
-    """``safe_torch_load``, with every unpickler failure turned into ``CheckpointError``."""
-    from uvc.checkpoint import safe_torch_load
-    from uvc.errors import CheckpointError, UvcError
-
-    try:
-        return safe_torch_load(path)
-    except UvcError:
-        raise
-    except Exception as exc:  # torch's unpickler raises IndexError, KeyError... on garbage
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__})"
-        ) from None
-
-
 def _export_into(
     cfg: ExportConfig, model: torch.nn.Module, source: str, tmp: Path
 ) -> dict[str, Any]:
-    from uvc.export.onnx import check_onnx, export_onnx, validate_onnx
+    """Write every artifact ``cfg`` asks for into ``tmp``, in order; returns ``export.json``."""
     from uvc.export.validate import validation_inputs
 
-    from uvc.checkpoint import Checkpoint, save_checkpoint
+    summary = _summary_head(cfg, model, source)
+    _write_checkpoint(cfg, model, tmp, summary)
+    if not cfg.onnx:
+        return summary
+
+    spec = model.spec
+    shape = (spec.in_chans, spec.img_size, spec.img_size)
+    inputs, where = validation_inputs(shape, cfg.val_batches, cfg.calib_data)
+    summary["validation_inputs"] = where
+    onnx_path = _write_onnx(cfg, model, tmp, inputs, summary)
+    if cfg.optimize is OptimizeTarget.CPU:
+        _write_opt_onnx(cfg, model, tmp, inputs, summary)
+    fp16_path = None
+    if cfg.fp16:
+        fp16_path = _write_fp16_onnx(cfg, model, onnx_path, tmp, inputs, summary)
+    if cfg.trt:
+        _write_engine(cfg, model, onnx_path, fp16_path, tmp, summary)
+    return summary
+
+
+def _summary_head(cfg: ExportConfig, model: torch.nn.Module, source: str) -> dict[str, Any]:
+    """``export.json`` before any artifact: what is exported, its cost, I/O and versions."""
     from uvc.cost import macs, params
 
     spec = model.spec
     shape = (spec.in_chans, spec.img_size, spec.img_size)
-    summary: dict[str, Any] = {
+    return {
         "model": str(cfg.model),
         "source": source,
         "weights": str(cfg.weights) if cfg.weights else None,
@@ -278,6 +228,15 @@ def _export_into(
         "artifacts": {},
         "validation": {},
     }
+
+
+def _write_checkpoint(
+    cfg: ExportConfig, model: torch.nn.Module, tmp: Path, summary: dict[str, Any]
+) -> None:
+    """``model.pt`` (the dense weights exported) and ``spec.json``."""
+    from uvc.checkpoint import Checkpoint, save_checkpoint
+
+    spec = model.spec
     save_checkpoint(
         tmp / "model.pt",
         Checkpoint(spec, model.state_dict(), meta={"kind": "dense", "exported_from": cfg.model}),
@@ -285,11 +244,18 @@ def _export_into(
     spec.save(tmp / "spec.json")
     summary["artifacts"]["checkpoint"] = "model.pt"
     summary["artifacts"]["spec"] = "spec.json"
-    if not cfg.onnx:
-        return summary
 
-    inputs, where = validation_inputs(shape, cfg.val_batches, cfg.calib_data)
-    summary["validation_inputs"] = where
+
+def _write_onnx(
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    tmp: Path,
+    inputs: list[torch.Tensor],
+    summary: dict[str, Any],
+) -> Path:
+    """``model.onnx``: exported, optionally simplified, checked and validated against PyTorch."""
+    from uvc.export.onnx import check_onnx, export_onnx, validate_onnx
+
     onnx_path = tmp / "model.onnx"
     start = time.perf_counter()
     export_onnx(model, onnx_path, opset=cfg.opset, exporter=cfg.exporter)
@@ -307,56 +273,87 @@ def _export_into(
     summary["artifacts"]["onnx"] = "model.onnx"
     report = validate_onnx(model, onnx_path, inputs, atol=cfg.atol, name="model.onnx")
     summary["validation"]["onnx"] = report.to_dict()
+    return onnx_path
 
-    if cfg.optimize is OptimizeTarget.CPU:
-        from uvc.export.optimize import OPT_ONNX, OptimizeOptions, optimize_for_cpu
 
-        opts = OptimizeOptions(skip_layer_norm=cfg.skip_layer_norm)
-        opt = optimize_for_cpu(
-            model, tmp / OPT_ONNX, options=opts, opset=cfg.opset, exporter=cfg.exporter
-        )
-        summary["optimize"] = opt.to_dict()
-        summary["artifacts"]["onnx_opt"] = OPT_ONNX
-        report = validate_onnx(model, opt.path, inputs, atol=cfg.atol, name=OPT_ONNX)
-        summary["validation"]["onnx_opt"] = report.to_dict()
+def _write_opt_onnx(
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    tmp: Path,
+    inputs: list[torch.Tensor],
+    summary: dict[str, Any],
+) -> None:
+    """``model.opt.onnx`` (``--optimize cpu``): ONNX Runtime's CPU fusions, validated."""
+    from uvc.export.onnx import validate_onnx
+    from uvc.export.optimize import OPT_ONNX, OptimizeOptions, optimize_for_cpu
 
-    fp16_path = None
-    if cfg.fp16:
-        from uvc.export.fp16 import KEEP_FP32_OPS, convert_to_fp16
+    opts = OptimizeOptions(skip_layer_norm=cfg.skip_layer_norm)
+    opt = optimize_for_cpu(
+        model, tmp / OPT_ONNX, options=opts, opset=cfg.opset, exporter=cfg.exporter
+    )
+    summary["optimize"] = opt.to_dict()
+    summary["artifacts"]["onnx_opt"] = OPT_ONNX
+    report = validate_onnx(model, opt.path, inputs, atol=cfg.atol, name=OPT_ONNX)
+    summary["validation"]["onnx_opt"] = report.to_dict()
 
-        fp16_path = convert_to_fp16(onnx_path, tmp / "model.fp16.onnx")
-        check_onnx(fp16_path, cfg.opset)
-        summary["artifacts"]["onnx_fp16"] = "model.fp16.onnx"
-        summary["fp16"] = {"fp32_ops": sorted(KEEP_FP32_OPS)}
-        report = validate_onnx(model, fp16_path, inputs, name="model.fp16.onnx")
+
+def _write_fp16_onnx(
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    onnx_path: Path,
+    tmp: Path,
+    inputs: list[torch.Tensor],
+    summary: dict[str, Any],
+) -> Path:
+    """``model.fp16.onnx`` (``--fp16``): converted, checked, held to the cosine bound."""
+    from uvc.export.fp16 import KEEP_FP32_OPS, convert_to_fp16
+    from uvc.export.onnx import check_onnx, validate_onnx
+
+    fp16_path = convert_to_fp16(onnx_path, tmp / "model.fp16.onnx")
+    check_onnx(fp16_path, cfg.opset)
+    summary["artifacts"]["onnx_fp16"] = "model.fp16.onnx"
+    summary["fp16"] = {"fp32_ops": sorted(KEEP_FP32_OPS)}
+    report = validate_onnx(model, fp16_path, inputs, name="model.fp16.onnx")
+    _require_cosine(report, cfg.fp16_min_cosine)
+    summary["validation"]["onnx_fp16"] = report.to_dict()
+    return fp16_path
+
+
+def _write_engine(
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    onnx_path: Path,
+    fp16_path: Path | None,
+    tmp: Path,
+    summary: dict[str, Any],
+) -> None:
+    """``model.engine`` (``--trt``): built, then validated over the profile's batch sizes."""
+    from uvc.export.tensorrt import TrtBuildConfig, build_engine, validate_engine
+    from uvc.export.validate import validation_inputs
+
+    trt_cfg = TrtBuildConfig(
+        min_batch=cfg.min_batch,
+        opt_batch=cfg.opt_batch,
+        max_batch=cfg.max_batch,
+        fp16=cfg.fp16,
+        tf32=cfg.tf32,
+        workspace_mib=cfg.workspace_mib,
+        timing_cache=cfg.timing_cache,
+    )
+    built = build_engine(onnx_path, tmp / "model.engine", trt_cfg, fp16_onnx=fp16_path)
+    summary["tensorrt"] = built.to_dict()
+    summary["artifacts"]["engine"] = "model.engine"
+    spec = model.spec
+    shape = (spec.in_chans, spec.img_size, spec.img_size)
+    batches = tuple(sorted({cfg.min_batch, cfg.opt_batch, cfg.max_batch}))
+    trt_inputs, _ = validation_inputs(shape, batches, cfg.calib_data, seed=1)
+    exact = not cfg.fp16 and not cfg.tf32
+    report = validate_engine(
+        model, tmp / "model.engine", trt_inputs, atol=cfg.atol if exact else None
+    )
+    if not exact:
         _require_cosine(report, cfg.fp16_min_cosine)
-        summary["validation"]["onnx_fp16"] = report.to_dict()
-
-    if cfg.trt:
-        from uvc.export.tensorrt import TrtBuildConfig, build_engine, validate_engine
-
-        trt_cfg = TrtBuildConfig(
-            min_batch=cfg.min_batch,
-            opt_batch=cfg.opt_batch,
-            max_batch=cfg.max_batch,
-            fp16=cfg.fp16,
-            tf32=cfg.tf32,
-            workspace_mib=cfg.workspace_mib,
-            timing_cache=cfg.timing_cache,
-        )
-        built = build_engine(onnx_path, tmp / "model.engine", trt_cfg, fp16_onnx=fp16_path)
-        summary["tensorrt"] = built.to_dict()
-        summary["artifacts"]["engine"] = "model.engine"
-        batches = tuple(sorted({cfg.min_batch, cfg.opt_batch, cfg.max_batch}))
-        trt_inputs, _ = validation_inputs(shape, batches, cfg.calib_data, seed=1)
-        exact = not cfg.fp16 and not cfg.tf32
-        report = validate_engine(
-            model, tmp / "model.engine", trt_inputs, atol=cfg.atol if exact else None
-        )
-        if not exact:
-            _require_cosine(report, cfg.fp16_min_cosine)
-        summary["validation"]["tensorrt"] = report.to_dict()
-    return summary
+    summary["validation"]["tensorrt"] = report.to_dict()
 
 
 def _require_cosine(report: ValidationReport, min_cosine: float) -> None:
