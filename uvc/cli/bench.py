@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from uvc.cli.app import cli, default_threads, device_option, handle_errors, parse_csv
 from uvc.errors import UvcError
+
+if TYPE_CHECKING:
+    from uvc.bench.harness import BenchConfig
+    from uvc.bench.report import BenchResult
 
 
 @cli.command()
@@ -132,15 +137,55 @@ def bench(
     uvc bench runs/x/final.pt --baseline deit_small_patch16_224 --batch-sizes 1,8
     uvc bench out/export --baseline deit_small_patch16_224 --device cuda --backends trt --check
     """
-    from uvc.bench.harness import BenchConfig, bench_targets
-    from uvc.bench.report import check_result, format_table
+    from uvc.bench.harness import bench_targets
+    from uvc.bench.report import format_table
+    from uvc.cli.checks import bench_preflight
+
+    config = _bench_config(
+        backends=backends,
+        batch_sizes=batch_sizes,
+        device=device,
+        precision=precision,
+        threads=threads,
+        warmup=warmup,
+        rounds=rounds,
+        reps=reps,
+        until_ci=until_ci,
+        ci_time=ci_time,
+        statistic=statistic,
+        include_copies=include_copies,
+    )
+    # Everything that can be checked is checked before minutes of timing.
+    bench_preflight(models, baseline, config, json_path, plot_path, allow_mismatch)
+    result = bench_targets(models, config, baseline=baseline, weights=weights)
+    click.echo(format_table(result))
+    _finish_bench(result, check, min_efficiency, json_path, plot_path)
+
+
+def _bench_config(
+    *,
+    backends: str,
+    batch_sizes: str,
+    device: str,
+    precision: str,
+    threads: int | None,
+    warmup: int,
+    rounds: int,
+    reps: int,
+    until_ci: float | None,
+    ci_time: float,
+    statistic: str,
+    include_copies: bool,
+) -> BenchConfig:
+    """The ``BenchConfig`` of ``uvc bench``'s options; an invalid one is a ``UvcError``."""
+    from uvc.bench.harness import BenchConfig
     from uvc.bench.runners import Backend
     from uvc.bench.timer import TimingConfig
-    from uvc.cli.checks import bench_preflight, resolve_device
+    from uvc.cli.checks import resolve_device
 
     device = resolve_device(device)
     try:
-        config = BenchConfig(
+        return BenchConfig(
             backends=parse_csv(Backend, backends),
             batch_sizes=parse_csv(int, batch_sizes),
             device=device,
@@ -158,10 +203,19 @@ def bench(
         )
     except ValueError as exc:
         raise UvcError(str(exc)) from None
-    # Everything that can be checked is checked before minutes of timing.
-    bench_preflight(models, baseline, config, json_path, plot_path, allow_mismatch)
-    result = bench_targets(models, config, baseline=baseline, weights=weights)
-    click.echo(format_table(result))
+
+
+def _finish_bench(
+    result: BenchResult,
+    check: bool,
+    min_efficiency: float,
+    json_path: str | None,
+    plot_path: str | None,
+) -> None:
+    """After the table: exit 1 if nothing was measured, judge ``--check``, write JSON and plot,
+    and exit with the check's code."""
+    from uvc.bench.report import check_result
+
     if not any(r.status == "ok" for r in result.rows):
         first = next((r.status for r in result.rows if r.status != "ok"), "no rows")
         click.echo(
