@@ -195,7 +195,9 @@ def _export_into(
 
     spec = model.spec
     shape = (spec.in_chans, spec.img_size, spec.img_size)
-    inputs, where = validation_inputs(shape, cfg.val_batches, cfg.calib_data)
+    inputs, where = validation_inputs(
+        shape, cfg.val_batches, cfg.calib_data, preprocess=spec.preprocess
+    )
     summary["validation_inputs"] = where
     onnx_path = _write_onnx(cfg, model, tmp, inputs, summary)
     if cfg.optimize is OptimizeTarget.CPU:
@@ -346,7 +348,9 @@ def _write_engine(
     spec = model.spec
     shape = (spec.in_chans, spec.img_size, spec.img_size)
     batches = tuple(sorted({cfg.min_batch, cfg.opt_batch, cfg.max_batch}))
-    trt_inputs, _ = validation_inputs(shape, batches, cfg.calib_data, seed=1)
+    trt_inputs, _ = validation_inputs(
+        shape, batches, cfg.calib_data, seed=1, preprocess=spec.preprocess
+    )
     exact = not cfg.fp16 and not cfg.tf32
     report = validate_engine(
         model, tmp / "model.engine", trt_inputs, atol=cfg.atol if exact else None

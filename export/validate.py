@@ -110,6 +110,7 @@ def validation_inputs(
     batches: tuple[int, ...],
     calib_data: str | Path | None = None,
     seed: int = 0,
+    preprocess: Any = None,
 ) -> tuple[list[Tensor], str]:
     """Image batches for validation, one per size in ``batches``.
 
@@ -119,6 +120,8 @@ def validation_inputs(
         calib_data: an ImageFolder folder (its ``val/`` or ``test/`` part if present), the word
             ``"digits"`` (sklearn's digits, upscaled), or None for standard-normal random inputs.
         seed: seeds the random inputs and the choice of images.
+        preprocess: the model's own ``uvc.preprocess.Preprocess`` for folder images (None:
+            ImageNet's statistics).
 
     Returns:
         (batches, a short description of their source for ``export.json``).
@@ -127,7 +130,7 @@ def validation_inputs(
     g = torch.Generator().manual_seed(seed)
     if calib_data is None:
         return [torch.randn(b, c, h, w, generator=g) for b in batches], "random normal"
-    images = _load_images(calib_data, h, sum(batches), g)
+    images = _load_images(calib_data, h, sum(batches), g, preprocess)
     if images.shape[1] != c:
         raise DataError(f"--calib-data gives {images.shape[1]}-channel images, the model wants {c}")
     out, start = [], 0
@@ -137,8 +140,11 @@ def validation_inputs(
     return out, f"images from {calib_data}"
 
 
-def _load_images(calib_data: str | Path, size: int, n: int, g: torch.Generator) -> Tensor:
-    from uvc.data import DigitsDataset, FolderDataset, folder_transforms, scan_folder
+def _load_images(
+    calib_data: str | Path, size: int, n: int, g: torch.Generator, preprocess: Any = None
+) -> Tensor:
+    from uvc.data import DigitsDataset, FolderDataset, scan_folder
+    from uvc.preprocess import eval_transform
 
     if str(calib_data) == "digits":
         ds = DigitsDataset(size, train=False)
@@ -148,7 +154,8 @@ def _load_images(calib_data: str | Path, size: int, n: int, g: torch.Generator) 
             raise DataError(f"--calib-data folder not found: {root}")
         sub = next((root / s for s in ("val", "test") if (root / s).is_dir()), root)
         classes, samples = scan_folder(sub)
-        ds = FolderDataset(samples, classes, folder_transforms(size)[1])
+        # The model's own preprocessing (spec v2), ImageNet's when it records none.
+        ds = FolderDataset(samples, classes, eval_transform(preprocess, size))
     if len(ds) < n:
         raise DataError(f"--calib-data has {len(ds)} images, validation needs {n}")
     idx = torch.randperm(len(ds), generator=g)[:n].tolist()

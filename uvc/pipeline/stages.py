@@ -206,8 +206,12 @@ def evaluate_final(out_dir: str | Path, device: str = "cpu") -> float:
     ckpt = load_checkpoint(Path(out_dir) / "final.pt")
     model = ViT(ckpt.spec)
     model.load_state_dict(ckpt.state_dict)
+    pre = ckpt.spec.preprocess
+    stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
     data = build_data(
-        DataConfig(cfg.data, ckpt.spec.img_size, cfg.batch_size, cfg.val_split, 0, cfg.seed)
+        DataConfig(
+            cfg.data, ckpt.spec.img_size, cfg.batch_size, cfg.val_split, 0, cfg.seed, **stats
+        )
     )
     return evaluate(model, data.val, torch.device(device))
 
