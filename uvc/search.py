@@ -257,7 +257,8 @@ class _Run:
             save_checkpoint(self.ckpt, ck)
         if self.log is not None:
             self.log(rec)
-        logger.info("search epoch %d: R=%.4f acc=%s", epoch, rec["R_hard"], acc)
+        shown = "n/a" if acc is None else f"{acc:.2f}%"
+        logger.info("search epoch %d: R=%.4f masked val top-1 %s", epoch, rec["R_hard"], shown)
 
     def finish(self) -> SearchResult:
         """The method's final keep-set, recorded, written (rank 0) and returned."""
