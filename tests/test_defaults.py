@@ -29,3 +29,16 @@ def test_train_options_default_to_the_train_config() -> None:
 def test_compress_settings_are_train_settings() -> None:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(SETTINGS) <= fields
+
+
+def test_train_settings_reach_the_search_config() -> None:
+    """Every search-relevant TrainConfig setting is passed on (a dropped one silently runs UVC's
+    defaults, as --method once did)."""
+    from uvc.api import search_config
+    from uvc.gates import GateMode
+
+    cfg = TrainConfig(method="uniform", gates="none", importance="taylor", align=8, budget=0.4)
+    sc = search_config(cfg)
+    assert (sc.method, sc.gates, sc.importance, sc.align, sc.budget) == (
+        "uniform", GateMode.NONE, "taylor", 8, 0.4,
+    )  # fmt: skip

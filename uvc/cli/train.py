@@ -127,6 +127,13 @@ RESUME_OPTIONS = {"resume", "no_progress", "threads", "device", "workers"}
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW LR.")
 @click.option(
+    "--gates",
+    type=click.Choice(["all", "block", "parts", "none"]),
+    default="all",
+    show_default=True,
+    help="uvc: which skip gates the search learns (block, attention/MLP parts, both, none).",
+)
+@click.option(
     "--importance",
     type=click.Choice(["magnitude", "taylor", "fisher"]),
     default="magnitude",

@@ -60,6 +60,7 @@ class TrainConfig:
         batch_size: images per batch and process.
         lr: peak learning rate of every stage (AdamW).
         importance: magnitude, taylor or fisher scores for choosing what to prune.
+        gates: uvc's skip gates searched: all (block, attention and MLP), block, parts or none.
         per_head_v: learn UVC's per-head value dims (padded at materialization).
         align: round kept widths to a multiple of this (8 for tensor cores).
         kd: distillation mode: soft, hard or none.
@@ -96,6 +97,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     importance: str = "magnitude"
+    gates: str = "all"
     per_head_v: bool = False
     align: int = 1
     kd: str = "soft"
@@ -128,6 +130,7 @@ class TrainConfig:
         _choice("metric", self.metric, METRICS)
         _choice("method", self.method, tuple(sorted(METHODS)))
         _choice("importance", self.importance, IMPORTANCES)
+        _choice("gates", self.gates, ("all", "block", "parts", "none"))
         _choice("kd", self.kd, ("soft", "hard", "none"))
         _choice("amp", self.amp, (None, "bf16", "fp16"))
         check_device(self.device)
