@@ -112,36 +112,11 @@ def export_module(
     A ViT goes through ``uvc.export.onnx.export_onnx``, exactly as ``uvc export`` writes it; a
     sub-layer through the same ``torch.onnx.export`` path and opset.
     """
-    from uvc.export.onnx import MIN_OPSET, Exporter, _quiet_exporter, export_onnx
+    from uvc.export.onnx import Exporter, export_onnx, trace_to_onnx
 
     if isinstance(module, ViT):
         return export_onnx(module, path, exporter=Exporter(exporter))
-    m = module.eval()
-    x = torch.randn(2, *shape)
-    names = {"input_names": ["x"], "output_names": ["y"]}
-    with torch.no_grad(), _quiet_exporter():
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(
-                m,
-                (x,),
-                str(path),
-                dynamo=True,
-                opset_version=MIN_OPSET,
-                dynamic_shapes=({0: batch},),
-                verbose=False,
-                **names,
-            )
-        else:
-            torch.onnx.export(
-                m,
-                (x,),
-                str(path),
-                dynamo=False,
-                opset_version=MIN_OPSET,
-                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                **names,
-            )
+    trace_to_onnx(module.eval(), torch.randn(2, *shape), path, exporter, names=("x", "y"))
     return path
 
 

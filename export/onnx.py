@@ -103,38 +103,55 @@ def export_onnx(
         m.distilled_training = False
     x = torch.randn(*shape)
     external = _param_bytes(m) >= EXTERNAL_DATA_THRESHOLD
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
     try:
-        with torch.no_grad(), _quiet_exporter():
-            if exporter is Exporter.DYNAMO:
-                batch_dim = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
-                torch.onnx.export(
-                    m,
-                    (x,),
-                    str(path),
-                    dynamo=True,
-                    opset_version=opset,
-                    dynamic_shapes=({0: batch_dim},),
-                    external_data=external,
-                    verbose=False,
-                    **names,
-                )
-            else:
-                torch.onnx.export(
-                    m,
-                    (x,),
-                    str(path),
-                    dynamo=False,
-                    opset_version=opset,
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    **names,
-                )
+        trace_to_onnx(m, x, path, exporter, opset, external=external)
     except Exception as exc:  # the exporters raise many unrelated types
         raise ExportError(f"ONNX export ({exporter.value}) failed: {_first_line(exc)}") from exc
     if exporter is Exporter.TORCHSCRIPT and external:
         _move_to_external(path)
     log.info("exported %s (%s exporter, opset %d)", path, exporter.value, opset)
     return path
+
+
+def trace_to_onnx(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    exporter: Exporter | str = Exporter.DYNAMO,
+    opset: int = MIN_OPSET,
+    *,
+    external: bool = False,
+    names: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
+) -> None:
+    """``torch.onnx.export`` of ``module`` on the example ``x``, with a dynamic batch axis.
+
+    The one place both exporters are driven (``export_onnx`` for whole models, the latency
+    tables for sub-layers); the caller owns eval mode, device and error handling.
+    """
+    inp, out = names
+    kw = {"input_names": [inp], "output_names": [out], "opset_version": opset}
+    with torch.no_grad(), _quiet_exporter():
+        if Exporter(exporter) is Exporter.DYNAMO:
+            batch_dim = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=({0: batch_dim},),
+                external_data=external,
+                **kw,
+            )
+        else:
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=False,
+                dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}},
+                **kw,
+            )
 
 
 @contextlib.contextmanager
