@@ -36,19 +36,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from uvc.amp import autocast, check_amp, grad_scaler
 from uvc.cost import LatencyTable, model_cost
-from uvc.dist import DistInfo, all_reduce_grads
+from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
-from uvc.keep import BlockKeep, KeepSet, masked_keep, spec_after
+from uvc.keep import BlockKeep, KeepSet, spec_after
+from uvc.methods.kd import masked_kd_step, weight_optimizer
 from uvc.model import ViT
-from uvc.optim import param_groups
 from uvc.resource import Metric
 from uvc.saliency import Saliency, group_key, groups
 from uvc.schedules import cosine_lr
 from uvc.spec import ViTSpec
 from uvc.structmap import Kind
-from uvc.teacher import teacher_logits
 
 if TYPE_CHECKING:
     from uvc.primal_dual import SearchConfig
@@ -174,9 +172,7 @@ class NViT:
         if self.lut is not None:
             self.lut.check_spec(spec)
         self.full = self._spec_cost(spec)
-        check_amp(device, cfg.amp)
-        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        self.scaler = grad_scaler(cfg.amp)
+        self.opt, self.scaler = weight_optimizer(model, cfg, device)
         self.saliency = Saliency(spec)
         self.alive: dict[str, Tensor] = {}
         self.sizes: dict[str, int] = {}
@@ -239,25 +235,17 @@ class NViT:
         """One distillation step of the masked model; a pruning step every ``nvit_interval``."""
         cfg, model = self.cfg, self.model
         lr = cosine_lr(step, total, cfg.lr, 0, cfg.min_lr)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
         if not warmup and self.prune_start is None:
             self.prune_start = step
-        with autocast(self.device, cfg.amp):
-            distilled = model.spec.dist_token and model.distilled_training
-            t_logits, token_logits = teacher_logits(teacher, x, distilled)
-            with masked_keep(model, self.keep()):
-                out = model(x)
-            loss = loss_fn(out, t, t_logits, token_logits)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        all_reduce_grads(list(model.parameters()), self.dist)
-        self.scaler.unscale_(self.opt)  # saliency reads true gradients (no-op without fp16)
-        if not self.done:
-            self.saliency.observe(model)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        rec: dict[str, Any] = {"kind": "search_step", "step": step, "loss": float(loss.detach()),
+
+        def observe() -> None:  # the saliency reads the true, rank-averaged gradients
+            if not self.done:
+                self.saliency.observe(model)
+
+        loss = masked_kd_step(model, self.keep(), x, t, teacher, loss_fn, self.opt, self.scaler,
+                              lr=lr, amp=cfg.amp, device=self.device, dist=self.dist,
+                              on_grads=observe)  # fmt: skip
+        rec: dict[str, Any] = {"kind": "search_step", "step": step, "loss": loss,
                                "budget": cfg.budget, "lr": lr}  # fmt: skip
         start = self.prune_start
         if start is not None and not self.done and (step - start + 1) % cfg.nvit_interval == 0:

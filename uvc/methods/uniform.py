@@ -14,20 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uvc.amp import autocast, check_amp, grad_scaler
 from uvc.cost import LatencyTable
-from uvc.dist import DistInfo, all_reduce_grads
+from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
 from uvc.errors import UvcError
 from uvc.importance import magnitude
-from uvc.keep import KeepSet, hard_masks, masked
+from uvc.keep import KeepSet
+from uvc.methods.kd import masked_kd_step, weight_optimizer
 from uvc.model import ViT
-from uvc.optim import param_groups
 from uvc.primal_dual import SearchConfig
 from uvc.resource import Metric, ResourceModel
 from uvc.schedules import cosine_lr
 from uvc.structure import HardBlock, keep_from_hard
-from uvc.teacher import teacher_logits
 
 
 def uniform_widths(res: ResourceModel, rho: float) -> list[HardBlock]:
@@ -70,9 +68,7 @@ class Uniform:
         self.res = ResourceModel(
             model.spec, cfg.metric, lut if cfg.metric is Metric.LATENCY else None
         )
-        check_amp(device, cfg.amp)
-        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        self.scaler = grad_scaler(cfg.amp)
+        self.opt, self.scaler = weight_optimizer(model, cfg, device)
         self.rho = uniform_ratio(self.res, cfg.budget)
         # Decided once, by magnitude, from the weights the search starts with (after the search
         # loop has synchronised them over ranks); saved with the state so a resume keeps it.
@@ -90,22 +86,22 @@ class Uniform:
     ) -> dict[str, Any]:
         """One distillation step of the masked model (the architecture is fixed)."""
         lr = cosine_lr(step, total, self.cfg.lr, 0, self.cfg.min_lr)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        model = self.model
-        with autocast(self.device, self.cfg.amp):
-            distilled = model.spec.dist_token and model.distilled_training
-            t_logits, token_logits = teacher_logits(teacher, x, distilled)
-            with masked(model, hard_masks(model.spec, self.keep())):
-                out = model(x)
-            loss = loss_fn(out, t, t_logits, token_logits)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        all_reduce_grads(list(model.parameters()), self.dist)
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        loss = masked_kd_step(
+            self.model,
+            self.keep(),
+            x,
+            t,
+            teacher,
+            loss_fn,
+            self.opt,
+            self.scaler,
+            lr=lr,
+            amp=self.cfg.amp,
+            device=self.device,
+            dist=self.dist,
+        )
         r = self.cost()
-        return {"kind": "search_step", "step": step, "loss": float(loss.detach()), "R": r,
+        return {"kind": "search_step", "step": step, "loss": loss, "R": r,
                 "budget": self.cfg.budget, "lr": lr, "rho": self.rho}  # fmt: skip
 
     def keep(self) -> KeepSet:
