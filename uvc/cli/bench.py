@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -108,23 +108,12 @@ def bench(
     models: tuple[str, ...],
     baseline: str | None,
     weights: str | None,
-    backends: str,
-    batch_sizes: str,
-    device: str,
-    precision: str,
-    threads: int | None,
-    warmup: int,
-    rounds: int,
-    reps: int,
-    until_ci: float | None,
-    ci_time: float,
-    statistic: str,
-    include_copies: bool,
     json_path: str | None,
     plot_path: str | None,
     check: bool,
     min_efficiency: float,
     allow_mismatch: bool,
+    **timing: Any,
 ) -> None:
     """Time MODELs (timm name, spec JSON, checkpoint, export folder) against a baseline.
 
@@ -141,20 +130,7 @@ def bench(
     from uvc.bench.report import format_table
     from uvc.cli.checks import bench_preflight
 
-    config = _bench_config(
-        backends=backends,
-        batch_sizes=batch_sizes,
-        device=device,
-        precision=precision,
-        threads=threads,
-        warmup=warmup,
-        rounds=rounds,
-        reps=reps,
-        until_ci=until_ci,
-        ci_time=ci_time,
-        statistic=statistic,
-        include_copies=include_copies,
-    )
+    config = _bench_config(**timing)  # backends, batches, device, precision, threads, rounds...
     # Everything that can be checked is checked before minutes of timing.
     bench_preflight(models, baseline, config, json_path, plot_path, allow_mismatch)
     result = bench_targets(models, config, baseline=baseline, weights=weights)
