@@ -9,6 +9,7 @@ does the same from files (``uvc convert``). Each kind lives in its own module, i
 from __future__ import annotations
 
 import dataclasses
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,7 @@ def convert_module(
     """
     kind = kind or detect_kind(module)
     module.eval()
-    if kind == "timm":
-        from uvc.adapters.timm import from_timm_module as fn
-    elif kind == "torchvision":
-        from uvc.adapters.torchvision import from_torchvision_module as fn
-    elif kind == "hf":
-        from uvc.adapters.hf import from_hf_module as fn
-    elif kind == "torch-encoder":
-        from uvc.adapters.torch_encoder import from_encoder_module as fn
-    else:
-        raise SpecError(f"unknown adapter {kind!r} (one of {', '.join(KINDS)})")
-    conv = fn(module, atol=atol, **hints)
+    conv = _adapter(kind, live=True)(module, atol=atol, **hints)
     return _with_preprocess(conv, preprocess)
 
 
@@ -113,17 +104,26 @@ def convert_source(
         preprocess: the model's input preprocessing (overrides what the source records).
         opts: the adapter's options (above), plus ``num_classes`` for timm names.
     """
-    if kind == "timm":
-        from uvc.adapters.timm import convert_timm_source as fn
-    elif kind == "torchvision":
-        from uvc.adapters.torchvision import convert_torchvision_source as fn
-    elif kind == "hf":
-        from uvc.adapters.hf import convert_hf_source as fn
-    elif kind == "torch-encoder":
-        from uvc.adapters.torch_encoder import convert_encoder_source as fn
-    else:
+    return _with_preprocess(_adapter(kind, live=False)(source, atol=atol, **opts), preprocess)
+
+
+# kind -> (module, converter of a live model, converter of a file/name); imported on use, so
+# transformers is only needed for Hugging Face models.
+_ADAPTERS = {
+    "timm": ("timm", "from_timm_module", "convert_timm_source"),
+    "torchvision": ("torchvision", "from_torchvision_module", "convert_torchvision_source"),
+    "hf": ("hf", "from_hf_module", "convert_hf_source"),
+    "torch-encoder": ("torch_encoder", "from_encoder_module", "convert_encoder_source"),
+}
+
+
+def _adapter(kind: str, live: bool) -> Any:
+    """The converter of ``kind`` for a live module (``live``) or a source file."""
+    if kind not in _ADAPTERS:
         raise SpecError(f"unknown adapter {kind!r} (one of {', '.join(KINDS)})")
-    return _with_preprocess(fn(source, atol=atol, **opts), preprocess)
+    module, from_live, from_source = _ADAPTERS[kind]
+    mod = import_module(f"uvc.adapters.{module}")
+    return getattr(mod, from_live if live else from_source)
 
 
 def _with_preprocess(
