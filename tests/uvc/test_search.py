@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,31 @@ def test_a_short_search_reaches_the_budget_by_itself(budget: float) -> None:
         results[aware] = res.cost_searched
     assert abs(results[True] / budget - 1) <= 0.05, results
     assert results[False] / budget - 1 > 0.03, results  # what the pace fixes
+
+
+def test_count_steps_settle_over_the_second_half() -> None:
+    """The count and gate steps keep their rate over the first half of the pruning steps, then
+    shrink monotonically to ``SETTLE_FLOOR`` at the last step; the paper's constant rate when
+    ``schedule_aware`` is off. The step record reports the rate the counts really took."""
+    from uvc.primal_dual import SETTLE_FLOOR, PrimalDual
+
+    spec = tiny_spec()
+    total = 100
+    aware = PrimalDual(ViT(spec), SearchConfig(epochs=4, warmup_epochs=2), CPU, DistInfo())
+    plain = PrimalDual(ViT(spec), SearchConfig(epochs=4, warmup_epochs=2, schedule_aware=False),
+                       CPU, DistInfo())  # fmt: skip
+    ours = [aware.settle(s, total) for s in range(total)]
+    assert ours[:75] == [1.0] * 75  # 50 warmup steps, then the first half of the 50 pruning ones
+    assert all(a >= b for a, b in itertools.pairwise(ours))
+    assert ours[-1] == pytest.approx(SETTLE_FLOOR, abs=0.01) and ours[87] < 0.6
+    assert [plain.settle(s, total) for s in range(total)] == [1.0] * total
+
+    x, t = _batches(1)[0]
+    loss = DistillLoss(DistillConfig())
+    before = torch.cat([p.detach().flatten() for p in aware.structure.parameters()])
+    rec = aware.step(x, t, None, loss, total - 1, total, False)
+    after = torch.cat([p.detach().flatten() for p in aware.structure.parameters()])
+    rate = aware.cfg.struct_lr * aware.pace(total - 1, total) * ours[-1]
+    assert rec["struct_lr"] == pytest.approx(rate) and rec["struct_lr"] < 0.15 * aware.cfg.struct_lr
+    # The step is norm-clipped at struct_clip, so the counts moved at most the settled rate.
+    assert 0 < float((after - before).norm()) <= rec["struct_lr"] * aware.cfg.struct_clip + 1e-7
