@@ -1,6 +1,6 @@
 """The ``uvc`` command line: thin click commands over the library (``uvc --help``)."""
 
-from uvc.cli import bench, convert, deploy, train  # noqa: F401  (registers the commands)
+from uvc.cli import bench, convert, deploy, evaluate, train  # noqa: F401  (registers the commands)
 from uvc.cli.app import cli
 
 
