@@ -266,3 +266,37 @@ def test_count_steps_settle_over_the_second_half() -> None:
     assert rec["struct_lr"] == pytest.approx(rate) and rec["struct_lr"] < 0.15 * aware.cfg.struct_lr
     # The step is norm-clipped at struct_clip, so the counts moved at most the settled rate.
     assert 0 < float((after - before).norm()) <= rec["struct_lr"] * aware.cfg.struct_clip + 1e-7
+
+
+def test_landing_steps_never_cross_the_budget() -> None:
+    """In the last tenth of the pruning steps a count step that would take the integer decisions
+    over the budget is undone; one that lowers the cost goes. Earlier the same step crosses."""
+    from uvc.primal_dual import PrimalDual
+
+    spec = tiny_spec()
+    mlp = spec.blocks[0].mlp_dim
+
+    def state(budget: float, sign: float) -> PrimalDual:
+        s = PrimalDual(ViT(spec), SearchConfig(budget=budget, epochs=1, warmup_epochs=0), CPU,
+                       DistInfo())  # fmt: skip
+        with torch.no_grad():  # 17 units pruned, within 1e-4 of the boundary the step goes to
+            s.structure.mlp[0] = 16 / mlp + 1e-4 if sign > 0 else 17 / mlp - 1e-4
+        return s
+
+    budget = state(1.0, 1.0).cost()  # the decisions sit exactly on the budget
+    assert state(1.0, -1.0).cost() == budget
+    total = 100
+    for step, sign, crosses in ((99, 1.0, False), (95, -1.0, True), (0, 1.0, True)):
+        s = state(budget, sign)
+        assert s.landing(step, total) == (step >= 90)
+        s.structure.mlp.grad = torch.zeros_like(s.structure.mlp)
+        s.structure.mlp.grad[0] = sign  # +: prune less (cost up), -: prune more (cost down)
+        before = s.structure.mlp.detach().clone()
+        s._structure_step(step, total, warmup=False)
+        moved = not torch.equal(before, s.structure.mlp.detach())
+        if sign > 0 and not crosses:
+            assert not moved and s.cost() == budget  # landing: the step over the budget is undone
+        elif sign > 0:
+            assert moved and s.cost() > budget  # before landing the same step crosses
+        else:
+            assert moved and s.cost() < budget  # a step that lowers the cost goes while landing
