@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 MAX_PACE = 5.0  # the count step and z's ascent are scaled up at most this much
 SETTLE_FLOOR = 0.1  # the count and gate steps end at this share of their rate
 LANDING = 0.1  # share of the pruning steps, at the end, in which no step may cross the budget
+SHORT_GATING = 3  # fewer gate-learning (post-warmup) epochs than this: the gates only add noise
 
 
 class PrimalDual:
@@ -60,6 +61,15 @@ class PrimalDual:
         self.res = ResourceModel(spec, cfg.metric, lut if cfg.metric is Metric.LATENCY else None)
         self.structure = Structure(spec, cfg.per_head_v, cfg.align, cfg.mask_temperature).to(device)
         self.gates = Gates(spec.depth, cfg.gates).to(device)
+        gating = cfg.epochs - cfg.warmup_epochs
+        if cfg.gates is not GateMode.NONE and gating < SHORT_GATING and dist.is_main:
+            # Measured on the CIFAR-10 ViT (README, "Methods"): 1 search epoch with the gates on
+            # scored lower than with them off, and no gate closed.
+            logger.warning(
+                "uvc: the skip gates are learned over only %d search epoch(s) after warmup; in a "
+                "search this short their Gumbel noise costs accuracy and no gate closes: "
+                "consider --gates none (gates=\"none\")", gating
+            )  # fmt: skip
         self.duals = Duals.zeros(spec.depth)
         self.importance = GroupImportance(cfg.importance)
         check_amp(device, cfg.amp)

@@ -300,3 +300,17 @@ def test_landing_steps_never_cross_the_budget() -> None:
             assert moved and s.cost() > budget  # before landing the same step crosses
         else:
             assert moved and s.cost() < budget  # a step that lowers the cost goes while landing
+
+
+def test_short_gated_search_warns_to_turn_the_gates_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Gates learned over fewer than 3 post-warmup epochs: one warning naming --gates none."""
+    from uvc.primal_dual import PrimalDual
+
+    cases = [(dict(epochs=2, warmup_epochs=0), True), (dict(epochs=5, warmup_epochs=1), False),
+             (dict(epochs=1, warmup_epochs=0, gates="none"), False)]  # fmt: skip
+    for kwargs, warns in cases:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="uvc.primal_dual"):
+            PrimalDual(ViT(tiny_spec()), SearchConfig(**kwargs), CPU, DistInfo())
+        said = [r.getMessage() for r in caplog.records if "--gates none" in r.getMessage()]
+        assert len(said) == int(warns), (kwargs, said)
