@@ -99,14 +99,18 @@ class PrimalDual:
         """
         if not self.cfg.schedule_aware:
             return 1.0
-        warm = total * self.cfg.warmup_epochs / self.cfg.epochs
-        pruning = max(1.0, total - warm)
+        warm, pruning = self._pruning_span(total)
         n = sum(p.numel() for p in self.structure.parameters())
         p = max(1.0, (n**0.5 / self.cfg.struct_lr) / pruning)
         left = min(1.0, max(0.0, 1.0 - (step - warm) / pruning))
         # At most MAX_PACE: a handful of steps cannot be made to do a search's work, and
         # steps much larger than that overshoot the budget by whole blocks.
         return min(MAX_PACE, 1.0 + (2 * p - 2) * left)
+
+    def _pruning_span(self, total: int) -> tuple[float, float]:
+        """(warmup steps, pruning steps) of a search of ``total`` steps."""
+        warm = total * self.cfg.warmup_epochs / self.cfg.epochs
+        return warm, max(1.0, total - warm)
 
     def settle(self, step: int, total: int) -> float:
         """Share of their rate the count and gate steps take at ``step``: 1 for the first half of
@@ -121,8 +125,7 @@ class PrimalDual:
         """
         if not self.cfg.schedule_aware:
             return 1.0
-        warm = total * self.cfg.warmup_epochs / self.cfg.epochs
-        pruning = max(1.0, total - warm)
+        warm, pruning = self._pruning_span(total)
         t = min(1.0, max(0.0, 2.0 * (step - warm) / pruning - 1.0))
         return SETTLE_FLOOR + 0.5 * (1.0 - SETTLE_FLOOR) * (1.0 + math.cos(math.pi * t))
 
@@ -138,8 +141,7 @@ class PrimalDual:
         """
         if not self.cfg.schedule_aware:
             return False
-        warm = total * self.cfg.warmup_epochs / self.cfg.epochs
-        pruning = max(1.0, total - warm)
+        pruning = self._pruning_span(total)[1]
         return step >= total - max(1.0, LANDING * pruning)
 
     def urgency(self, step: int, total: int) -> float:
