@@ -118,7 +118,12 @@ def paired_difference(
 
 
 def model_val_loader(
-    spec: ViTSpec, data: str, batch_size: int = 256, val_split: float = 0.0, workers: int = 0
+    spec: ViTSpec,
+    data: str,
+    batch_size: int = 256,
+    val_split: float = 0.0,
+    workers: int = 0,
+    seed: int = 0,
 ) -> tuple[DataLoader, int]:
     """The validation loader of ``data`` as ``spec``'s model sees it (its image size and its own
     mean/std), in a fixed order, and the dataset's number of classes."""
@@ -126,6 +131,6 @@ def model_val_loader(
 
     pre = spec.preprocess
     stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
-    cfg = DataConfig(data, spec.img_size, batch_size, val_split, workers, 0, **stats)
+    cfg = DataConfig(data, spec.img_size, batch_size, val_split, workers, seed, **stats)
     built = build_data(cfg)
     return built.val, built.num_classes

@@ -198,22 +198,16 @@ def demo(
 
 def evaluate_final(out_dir: str | Path, device: str = "cpu") -> float:
     """Top-1 (%) of ``out_dir/final.pt`` on the run's validation split, rebuilt from scratch."""
+    from uvc.accuracy import model_val_loader
     from uvc.checkpoint import load_checkpoint
-    from uvc.data import DataConfig, build_data
     from uvc.finetune import evaluate
 
     cfg = TrainConfig.load(out_dir)
     ckpt = load_checkpoint(Path(out_dir) / "final.pt")
     model = ViT(ckpt.spec)
     model.load_state_dict(ckpt.state_dict)
-    pre = ckpt.spec.preprocess
-    stats = {"mean": tuple(pre.mean), "std": tuple(pre.std)} if pre is not None else {}
-    data = build_data(
-        DataConfig(
-            cfg.data, ckpt.spec.img_size, cfg.batch_size, cfg.val_split, 0, cfg.seed, **stats
-        )
-    )
-    return evaluate(model, data.val, torch.device(device))
+    val, _ = model_val_loader(ckpt.spec, cfg.data, cfg.batch_size, cfg.val_split, 0, cfg.seed)
+    return evaluate(model, val, torch.device(device))
 
 
 # --- the stages -----------------------------------------------------------------------------------
