@@ -28,6 +28,7 @@ gpu-check`` once the project is importable (``--dry-run`` on a CPU).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -237,17 +238,33 @@ def _run(argv: Sequence[str], log_path: Path, timeout_s: float) -> int:
             return 124
 
 
+# What a working install must import: the CLI and API load every layer below them (pipeline,
+# methods, export) on first use, so a package left out of the wheel shows here, not in a user's run.
+INSTALL_MODULES = ("uvc.cli.app", "uvc.api", "uvc.pipeline", "uvc.methods")
+
+
+def install_problem() -> str | None:
+    """Why the installed uvc is incomplete (a module of ``INSTALL_MODULES`` fails), or None."""
+    for name in INSTALL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"the installed uvc is incomplete: import {name} fails ({exc})"
+    return None
+
+
 def image_check(kind: str, expect_trt: str = EXPECT_TRT) -> list[str]:
     """Problems a Docker image must not have (empty: fine). Needs no GPU.
 
     gpu: TensorRT importable at ``expect_trt``, ONNX Runtime's TensorRT and CUDA providers
     present, one ONNX Runtime installed, and a C compiler plus Python headers for Triton.
     cpu: a C++ compiler plus Python headers for inductor.
+    Both: every module ``uvc train`` and ``uvc.compress`` load is installed.
     """
     from uvc.bench.ort_runner import ort_install_problem
     from uvc.bench.runners import compile_toolchain_problem
 
-    problems = []
+    problems = [p for p in [install_problem()] if p]
     toolchain = compile_toolchain_problem(on_cuda=kind == "gpu")
     if toolchain:
         problems.append(toolchain)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 import pytest
-from uvc.bench.gpu_check import Step, _run, image_check, main, parse_uvc, run_step
+from uvc.bench.gpu_check import Step, _run, image_check, install_problem, main, parse_uvc, run_step
 
 from uvc.spec import ViTSpec
 
@@ -81,3 +82,15 @@ def test_step_statuses(tmp_path: Path) -> None:
     broken = Step("d", ("uvc", "bench", "x.json", "--renamed-flag"), cuda=True)
     res = run_step(broken, tmp_path, 30, True)  # dry run: parsed, and the parse fails
     assert res.status == "failed" and "NoSuchOption" in res.note
+
+
+def test_image_check_fails_an_install_without_a_subpackage() -> None:
+    """A wheel that lost ``uvc.methods`` (as one once did) fails the Docker build's check."""
+    code = (
+        "import sys; sys.modules['uvc.methods'] = None\n"  # None in sys.modules: import fails
+        "from uvc.bench.gpu_check import install_problem\n"
+        "print(install_problem())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "installed uvc is incomplete" in out.stdout and "uvc." in out.stdout
+    assert install_problem() is None  # this environment has every package
