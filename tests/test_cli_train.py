@@ -100,3 +100,26 @@ def test_kill_and_resume_gives_the_same_architecture(tmp_path: Path) -> None:
     a = load_checkpoint(straight / "final.pt").state_dict
     b = load_checkpoint(killed / "final.pt").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)  # and the whole job ends bit-identical
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvc.cli.app import show_progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert show_progress(None) is False and show_progress(True) is True
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert show_progress(None) is True and show_progress(False) is False
+
+
+def test_a_train_into_a_log_file_writes_no_bar_refreshes(tmp_path: Path) -> None:
+    """Without a terminal (a log file, CI), no tqdm refresh lines: the per-epoch log lines only."""
+    spec = ViTSpec.uniform(2, 32, 2, 2.0, img_size=16, patch_size=4, num_classes=10)
+    args = _train_args(tmp_path / "run", spec.save(tmp_path / "tiny.json"))
+    args.remove("--no-progress")
+    log = tmp_path / "train.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as f:
+        subprocess.run([*UVC, *args], cwd=ROOT, env=env, stdout=f, stderr=f, check=True)
+    text = log.read_text()
+    assert "\r" not in text and "it/s" not in text
+    assert "finetune epoch 1/1" in text and "search epoch" in text

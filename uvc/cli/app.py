@@ -82,6 +82,24 @@ def threads_option(default: int = 0) -> Any:
     )
 
 
+def progress_option() -> Any:
+    """The shared ``--progress/--no-progress`` option; unset, bars show only on a terminal."""
+    return click.option(
+        "--progress/--no-progress",
+        "progress_bars",
+        default=None,
+        help="Progress bars (default: only when stderr is a terminal; in a log file or CI, the "
+        "one log line per epoch instead of every bar refresh).",
+    )
+
+
+def show_progress(progress_bars: bool | None) -> bool:
+    """Whether to draw progress bars: as asked, else only when stderr is a terminal."""
+    if progress_bars is not None:
+        return progress_bars
+    return sys.stderr.isatty()
+
+
 def given_options(ctx: click.Context) -> list[str]:
     """Names of the options the user passed on the command line (not defaults)."""
     from click.core import ParameterSource

@@ -13,12 +13,14 @@ from uvc.cli.app import (
     given_options,
     handle_errors,
     one_line,
+    progress_option,
+    show_progress,
     threads_option,
 )
 from uvc.errors import UvcError
 
 # Options a resumed run may take (they do not change its results); any other is refused.
-RESUME_OPTIONS = {"resume", "no_progress", "threads", "device", "workers"}
+RESUME_OPTIONS = {"resume", "progress_bars", "threads", "device", "workers"}
 
 
 @cli.command()
@@ -208,11 +210,11 @@ RESUME_OPTIONS = {"resume", "no_progress", "threads", "device", "workers"}
     type=click.Path(file_okay=False),
     default=None,
     help="Continue the killed run in this folder with its saved settings (only --device, "
-    "--workers, --threads and --no-progress may be given with it).",
+    "--workers, --threads and --[no-]progress may be given with it).",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_option()
 @handle_errors
-def train(resume: str | None, no_progress: bool, **options: Any) -> None:
+def train(resume: str | None, progress_bars: bool | None, **options: Any) -> None:
     """Compress a ViT: teacher -> UVC search -> dense model -> fine-tune, all in --out.
 
     \b
@@ -238,7 +240,7 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
                 f"--resume continues a run with its saved settings; drop {shown} (or start a "
                 "new run in another --out)"
             )
-        overrides = {"progress": not no_progress}
+        overrides = {"progress": show_progress(progress_bars)}
         for name in ("device", "workers"):
             if name in given_options(click.get_current_context()):
                 overrides[name] = options[name]
@@ -253,7 +255,7 @@ def train(resume: str | None, no_progress: bool, **options: Any) -> None:
             verb = "shapes" if len(ignored) == 1 else "shape"
             raise UvcError(f"{shown} {verb} the distillation term, which --kd none turns off")
         try:
-            cfg = TrainConfig(progress=not no_progress, **options)
+            cfg = TrainConfig(progress=show_progress(progress_bars), **options)
         except ValueError as exc:
             raise UvcError(str(exc)) from None
         out = cfg.out
@@ -315,9 +317,11 @@ def check_budget_met(meta: dict[str, Any]) -> None:
 @device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option(default=1)
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_option()
 @handle_errors
-def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progress: bool) -> None:
+def demo(
+    out: str, fresh: bool, device: str, seed: int, threads: int, progress_bars: bool | None
+) -> None:
     """The whole job on the built-in default, in a few minutes on a CPU.
 
     A tiny ViT on the built-in digits dataset: train the teacher, UVC search at half the MACs,
@@ -332,7 +336,7 @@ def demo(out: str, fresh: bool, device: str, seed: int, threads: int, no_progres
             fresh=fresh,
             device=device,
             seed=seed,
-            progress=not no_progress,
+            progress=show_progress(progress_bars),
             threads=threads or None,
         )
 
