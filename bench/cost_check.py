@@ -1,8 +1,10 @@
-"""Print the foundation's acceptance table: uvc.cost vs fvcore, timm parity, dense vs masked.
+"""Print the foundation's acceptance table: uvc.arch.cost vs fvcore, timm parity, dense vs masked.
 
 ``python -m uvc.bench.cost_check`` (CPU, about a minute): for each timm model, fvcore's MAC count of
-the timm model (fused attention off) next to ``uvc.cost``; the parameter counts; the max |Δ logits|
-between timm and ``uvc.model.ViT`` with the same weights; and, for a random keep-set with a block
+the timm model (fused attention off) next to ``uvc.arch.cost``; the parameter counts; the max |Δ
+logits|
+between timm and ``uvc.arch.model.ViT`` with the same weights; and, for a random keep-set with a
+block
 without attention, one without MLP and a single-head block, the max |Δ| between the materialized
 dense model and the masked full model, and the dense model's cost vs fvcore.
 """
@@ -14,10 +16,10 @@ import random
 import torch
 from uvc.export.materialize import materialize
 
-from uvc.cost import macs, params
-from uvc.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
-from uvc.spec import ViTSpec
-from uvc.weights import create_timm_model, vit_from_timm
+from uvc.arch.cost import macs, params
+from uvc.arch.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
+from uvc.arch.spec import ViTSpec
+from uvc.files.weights import create_timm_model, vit_from_timm
 
 MODELS = (
     "deit_tiny_patch16_224",
@@ -56,7 +58,7 @@ def main() -> None:
     """Print the table as markdown."""
     torch.manual_seed(0)
     print(
-        "| model | fvcore MACs | uvc.cost MACs | rel. diff | params (cost = numel) | "
+        "| model | fvcore MACs | uvc.arch.cost MACs | rel. diff | params (cost = numel) | "
         "parity max |Δ| | dense vs masked max |Δ| | dense cost vs fvcore |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from uvc.export.materialize import materialize
 
-from uvc.checkpoint import Checkpoint, save_checkpoint
-from uvc.cost import macs
-from uvc.keep import BlockKeep, KeepSet
-from uvc.model import ViT
-from uvc.source import resolve_spec
-from uvc.spec import ViTSpec
+from uvc.arch.cost import macs
+from uvc.arch.keep import BlockKeep, KeepSet
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
+from uvc.files.source import resolve_spec
 
 
 def keep_for(

@@ -87,9 +87,9 @@ def make_specs(out: Path) -> str:
     """Write dense, -50%-aligned-8 and -50%-unaligned DeiT-Small specs to ``out/specs``."""
     from uvc.bench.reference import half_keep
 
-    from uvc.cost import macs
-    from uvc.keep import spec_after
-    from uvc.source import resolve_spec
+    from uvc.arch.cost import macs
+    from uvc.arch.keep import spec_after
+    from uvc.files.source import resolve_spec
 
     d = out / "specs"
     d.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ from uvc.bench.stats import paired_speedup
 from uvc.bench.targets import BenchModel, _safe, ensure_fp16_onnx, ensure_onnx, load_target
 from uvc.bench.timer import Stopwatch, TimingConfig, set_threads, summarize, take_samples
 
-from uvc.cost import macs, params
+from uvc.arch.cost import macs, params
+from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable, UvcError
-from uvc.model import ViT
 
 log = logging.getLogger(__name__)
 

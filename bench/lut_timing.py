@@ -21,10 +21,10 @@ from uvc.bench.ort_runner import OrtRunner
 from uvc.bench.runners import Backend, Precision, Runner, TorchRunner, TrtEngineRunner
 from uvc.bench.timer import Stopwatch, summarize, take_samples
 
-from uvc.model import ViT
+from uvc.arch.model import ViT
 
 if TYPE_CHECKING:
-    from uvc.bench.lut import LutConfig
+    from uvc.bench.lut_config import LutConfig
 
 # The records keep the name the timing was logged under before it moved here.
 log = logging.getLogger("uvc.bench.lut")

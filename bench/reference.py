@@ -25,10 +25,10 @@ from uvc.bench.harness import BenchConfig, BenchModel, run_benchmark
 from uvc.bench.report import BenchResult, format_table
 from uvc.bench.timer import TimingConfig
 
-from uvc.cost import macs
-from uvc.keep import BlockKeep, KeepSet
-from uvc.model import ViT
-from uvc.spec import BlockSpec, ViTSpec
+from uvc.arch.cost import macs
+from uvc.arch.keep import BlockKeep, KeepSet
+from uvc.arch.model import ViT
+from uvc.arch.spec import BlockSpec, ViTSpec
 
 log = logging.getLogger("bench.reference")
 
@@ -86,7 +86,7 @@ def compressed_models(name: str, seed: int = 0) -> list[BenchModel]:
     """Dense ``name`` and its two ~50%-MACs materializations (unaligned, aligned to 16)."""
     from uvc.export.materialize import materialize
 
-    from uvc.source import resolve_spec
+    from uvc.files.source import resolve_spec
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -220,7 +220,7 @@ def _lut_section(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
     """Measure a latency table for the first model and its prediction error over random specs."""
     from uvc.bench.lut import LutConfig, build_lut
 
-    from uvc.source import resolve_spec
+    from uvc.files.source import resolve_spec
 
     name = args.models.split(",")[0]
     spec = resolve_spec(name)

@@ -80,7 +80,7 @@ class BenchResult:
         """Write the JSON record (atomically)."""
         import json
 
-        from uvc.checkpoint import atomic_write_text
+        from uvc._fs import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 

@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from uvc.dist import DistInfo
-from uvc.distill import DistillConfig, DistillLoss
-from uvc.model import ViT
-from uvc.primal_dual import PrimalDual, SearchConfig
-from uvc.spec import ViTSpec
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
+from uvc.methods.uvc.primal_dual import PrimalDual, SearchConfig
+from uvc.train.dist import DistInfo
+from uvc.train.distill import DistillConfig, DistillLoss
 
 
 def _sync(device: torch.device) -> None:
@@ -127,8 +127,8 @@ def main() -> None:
 
 
 def _budget_run(spec: ViTSpec, args: argparse.Namespace, device: torch.device) -> None:
-    from uvc.cost import macs
-    from uvc.search import run_search
+    from uvc.arch.cost import macs
+    from uvc.methods.search import run_search
 
     torch.manual_seed(0)
     student, teacher = ViT(spec), ViT(spec)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from uvc.data import DataConfig, build_data
-from uvc.distill import DistillConfig, DistillLoss
-from uvc.finetune import FinetuneConfig, evaluate, finetune
-from uvc.model import ViT
-from uvc.search import SearchConfig, run_search
-from uvc.teacher import demo_spec
+from uvc.arch.demo import demo_spec
+from uvc.arch.model import ViT
+from uvc.methods.search import SearchConfig, run_search
+from uvc.train.data import DataConfig, build_data
+from uvc.train.distill import DistillConfig, DistillLoss
+from uvc.train.finetune import FinetuneConfig, evaluate, finetune
 
 
 def main() -> None:

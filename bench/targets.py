@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable, UvcError
-from uvc.model import ViT
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BenchModel:
 
 def load_target(target: str | Path, weights: str | Path | None = None) -> BenchModel:
     """Load what ``uvc bench`` is given: a timm name, spec JSON, checkpoint or export folder."""
-    from uvc.source import load_model
+    from uvc.files.source import load_model
 
     t0 = time.perf_counter()
     path = Path(target)

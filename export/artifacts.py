@@ -2,7 +2,8 @@
 
 A staging folder in the same parent (same filesystem, so the final ``os.replace`` is atomic)
 receives every artifact; only a fully validated export is renamed to ``--out``. An existing
-``--out`` is replaced only when uvc created it (its ``uvc.rundir`` marker says "export") and it
+``--out`` is replaced only when uvc created it (its ``uvc.files.rundir`` marker says "export") and
+it
 holds nothing but the files that export wrote: a user's folder is never replaced, whatever its
 files are called (an ``export.json`` of one's own included). Staging folders a killed export left
 behind (``.NAME.tmp-*``, with uvc's staging marker and a dead process) are removed by the next
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from uvc.errors import ExportError
-from uvc.rundir import (
+from uvc.files.rundir import (
     MARKER,
     STAGING,
     foreign_files,

@@ -11,7 +11,7 @@
   Add parent, and ``x + y`` leads it into the previous residual (or block 0's position-embedding
   Add) instead of the projection's bias Add.
 
-``fusable_copy`` builds that form from a ``uvc.model.ViT``'s own modules (weights copied, the
+``fusable_copy`` builds that form from a ``uvc.arch.model.ViT``'s own modules (weights copied, the
 model untouched): only the attention and the residual order differ from ``Block.forward``; the
 patch embedding, tokens, norms, MLPs and head are the model's own modules, run by the model's own
 ``forward``. That is cleaner than rewriting an exported graph, whose shape depends on the exporter
@@ -61,7 +61,8 @@ class BlockFusion:
 
 
 def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
-    """Per block of a ``uvc.model.ViT``: can the fused Attention op compute its attention exactly?
+    """Per block of a ``uvc.arch.model.ViT``: can the fused Attention op compute its attention
+    exactly?
 
     The scale guard: the fused op always uses 1/sqrt(qk_dim), so a block whose scale differs
     (beyond float rounding) must not be fused. uvc's materialization folds the original scale into
@@ -90,7 +91,7 @@ def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
 
 
 class FusableAttention(nn.Module):
-    """A ``uvc.model.Attention`` with separate q/k/v projections and the fusable op order."""
+    """A ``uvc.arch.model.Attention`` with separate q/k/v projections and the fusable op order."""
 
     def __init__(self, attn: nn.Module, fusable: bool) -> None:
         super().__init__()
@@ -131,7 +132,7 @@ class FusableAttention(nn.Module):
 
 
 class FusableBlock(nn.Module):
-    """A ``uvc.model.Block`` whose residual Adds take the branch output first.
+    """A ``uvc.arch.model.Block`` whose residual Adds take the branch output first.
 
     Layer scales are folded into the branch's last Linear (``gamma * (W x + b)`` =
     ``(gamma W) x + gamma b``), so no Mul sits between the projection and the residual Add.
@@ -169,7 +170,7 @@ class FusableBlock(nn.Module):
 
 
 def fusable_copy(model: nn.Module) -> nn.Module:
-    """A float32 CPU eval-mode copy of ``model`` (a ``uvc.model.ViT``) in the fusable form.
+    """A float32 CPU eval-mode copy of ``model`` (a ``uvc.arch.model.ViT``) in the fusable form.
 
     Computes the same logits as ``model`` up to float rounding; ``model`` is not modified.
     """
@@ -184,7 +185,7 @@ def fusable_copy(model: nn.Module) -> nn.Module:
 def _blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if getattr(model, "spec", None) is None or blocks is None:
-        raise ExportError("the fusable export form needs a uvc.model.ViT")
+        raise ExportError("the fusable export form needs a uvc.arch.model.ViT")
     return blocks
 
 
@@ -200,5 +201,5 @@ def _fold_scale(linear: nn.Linear, layer_scale: nn.Module | None) -> None:
 
 
 def _split_qkv(t: Tensor, heads: int, qk_dim: int, v_dim: int) -> tuple[Tensor, ...]:
-    """qkv rows are [q (heads*qk), k (heads*qk), v (heads*v)], head-major (``uvc.model``)."""
+    """qkv rows are [q (heads*qk), k (heads*qk), v (heads*v)], head-major (``uvc.arch.model``)."""
     return tuple(t.detach().split([heads * qk_dim, heads * qk_dim, heads * v_dim], dim=0))

@@ -23,12 +23,12 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
     """
     from uvc.export.materialize import materialize
 
-    from uvc.checkpoint import is_checkpoint, load_checkpoint
+    from uvc.arch.keep import KeepSet, check_keep
+    from uvc.arch.model import ViT
     from uvc.errors import CheckpointError
-    from uvc.keep import KeepSet, check_keep
-    from uvc.model import ViT
-    from uvc.source import load_model
-    from uvc.weights import load_weights
+    from uvc.files.checkpoint import is_checkpoint, load_checkpoint
+    from uvc.files.source import load_model
+    from uvc.files.weights import load_weights
 
     path = Path(target)
     if path.is_file() and path.suffix != ".json" and is_checkpoint(_read_torch_file(path)):
@@ -51,7 +51,8 @@ def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Modul
 def _keep_of(path: Path, ckpt: Any) -> list[dict[str, Any]] | None:
     """The keep-set of a search checkpoint: ``extra["keep"]``, else ``keep.json`` beside it.
 
-    ``uvc.search`` writes ``search.pt`` every epoch (full weights, no keep-set) and the final,
+    ``uvc.methods.search`` writes ``search.pt`` every epoch (full weights, no keep-set) and the
+    final,
     budget-projected keep-set to ``keep.json`` in the same folder when the search ends.
     """
     from uvc.errors import CheckpointError
@@ -75,8 +76,8 @@ def _keep_of(path: Path, ckpt: Any) -> list[dict[str, Any]] | None:
 
 def _read_torch_file(path: Path) -> object:
     """``safe_torch_load``, with every unpickler failure turned into ``CheckpointError``."""
-    from uvc.checkpoint import safe_torch_load
     from uvc.errors import CheckpointError, UvcError
+    from uvc.files.checkpoint import safe_torch_load
 
     try:
         return safe_torch_load(path)

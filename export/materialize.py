@@ -1,7 +1,8 @@
 """Materialization: (model, keep-set) -> a new, physically smaller dense ViT.
 
 A pure function: it reads the input model's weights, slices copies of them and builds a fresh
-``ViT`` from the new spec. Which rows and columns survive comes from ``uvc.structmap`` alone (the
+``ViT`` from the new spec. Which rows and columns survive comes from ``uvc.arch.structmap`` alone
+(the
 same map the masks and importance read); nothing here does index arithmetic of its own. Nothing is
 masked, nothing is zero (except the padding of UVC's per-head value counts, the documented,
 output-exact way to keep heads aligned), removed parts are absent. Parameters that no unit owns
@@ -15,23 +16,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from uvc.arch.keep import BlockKeep, embed_of, spec_after, unit_keep
+from uvc.arch.model import ViT
+from uvc.arch.structmap import StructureMap, gather
 from uvc.errors import SpecError
-from uvc.keep import BlockKeep, embed_of, spec_after, unit_keep
-from uvc.model import ViT
-from uvc.structmap import StructureMap, gather
 
 
 def materialize(model: ViT, keep: Sequence[BlockKeep]) -> ViT:
     """Build the dense model that computes what ``model`` masked by ``keep`` computes.
 
     Args:
-        model: a ``uvc.model.ViT`` (not modified).
+        model: a ``uvc.arch.model.ViT`` (not modified).
         keep: one ``BlockKeep`` per block, indices into ``model.spec``'s widths (a ``KeepSet``
             may also keep a subset of the embedding channels; LayerNorms then normalise over
             fewer channels, so that case is not output-exact).
 
     Returns:
-        A new ``ViT`` whose spec is ``uvc.keep.spec_after(model.spec, keep)``, on the same device
+        A new ``ViT`` whose spec is ``uvc.arch.keep.spec_after(model.spec, keep)``, on the same
+        device
         and dtype, in the same train/eval mode.
     """
     spec = model.spec

@@ -1,4 +1,4 @@
-"""ONNX export of a ``uvc.model.ViT`` and its validation against PyTorch with ONNX Runtime.
+"""ONNX export of a ``uvc.arch.model.ViT`` and its validation against PyTorch with ONNX Runtime.
 
 Export and validation are separate functions (as in optimum): ``export_onnx`` writes a graph,
 ``validate_onnx`` runs it and compares it with the PyTorch model, the caller decides what is fatal.
@@ -53,10 +53,10 @@ class Exporter(str, Enum):
 
 
 def input_shape(model: torch.nn.Module, batch: int) -> tuple[int, int, int, int]:
-    """The (batch, C, H, W) input shape of a ``uvc.model.ViT`` from its spec."""
+    """The (batch, C, H, W) input shape of a ``uvc.arch.model.ViT`` from its spec."""
     spec = getattr(model, "spec", None)
     if spec is None:
-        raise ExportError("export needs a uvc.model.ViT (a model with a .spec)")
+        raise ExportError("export needs a uvc.arch.model.ViT (a model with a .spec)")
     return (batch, spec.in_chans, spec.img_size, spec.img_size)
 
 
@@ -75,7 +75,7 @@ def export_onnx(
     """Export ``model`` to ONNX with a dynamic batch axis.
 
     Args:
-        model: a ``uvc.model.ViT`` (exported in eval mode, on CPU, in float32; not modified).
+        model: a ``uvc.arch.model.ViT`` (exported in eval mode, on CPU, in float32; not modified).
         path: the ``.onnx`` file to write (its folder must exist).
         opset: ONNX opset, at least 17.
         batch: the batch size of the example input used for tracing (any size then runs).
@@ -267,7 +267,7 @@ def validate_onnx(
     """Run ``path`` with ONNX Runtime on each input batch and compare with ``model`` (float32, CPU).
 
     Args:
-        model: the PyTorch reference (a ``uvc.model.ViT``).
+        model: the PyTorch reference (a ``uvc.arch.model.ViT``).
         path: the ONNX graph; its input may be float32 or float16 (inputs are cast to match).
         inputs: image batches (B, C, H, W), at least two different batch sizes to prove the
             dynamic axis.

@@ -279,7 +279,7 @@ def optimize_for_cpu(
     opset: int | None = None,
     exporter: Exporter | None = None,
 ) -> OptimizeResult:
-    """Export ``model`` (a ``uvc.model.ViT``) in its fusable form and optimize it into ``dst``.
+    """Export ``model`` (a ``uvc.arch.model.ViT``) in its fusable form and optimize it into ``dst``.
 
     The intermediate fusable graph lives in a temporary folder beside ``dst``; only the
     optimized graph is kept. Validate ``dst`` against ``model`` afterwards (``validate_onnx``).

@@ -212,7 +212,7 @@ def _export_into(
 
 def _summary_head(cfg: ExportConfig, model: torch.nn.Module, source: str) -> dict[str, Any]:
     """``export.json`` before any artifact: what is exported, its cost, I/O and versions."""
-    from uvc.cost import macs, params
+    from uvc.arch.cost import macs, params
 
     spec = model.spec
     shape = (spec.in_chans, spec.img_size, spec.img_size)
@@ -236,7 +236,7 @@ def _write_checkpoint(
     cfg: ExportConfig, model: torch.nn.Module, tmp: Path, summary: dict[str, Any]
 ) -> None:
     """``model.pt`` (the dense weights exported) and ``spec.json``."""
-    from uvc.checkpoint import Checkpoint, save_checkpoint
+    from uvc.files.checkpoint import Checkpoint, save_checkpoint
 
     spec = model.spec
     save_checkpoint(

@@ -120,7 +120,7 @@ def validation_inputs(
         calib_data: an ImageFolder folder (its ``val/`` or ``test/`` part if present), the word
             ``"digits"`` (sklearn's digits, upscaled), or None for standard-normal random inputs.
         seed: seeds the random inputs and the choice of images.
-        preprocess: the model's own ``uvc.preprocess.Preprocess`` for folder images (None:
+        preprocess: the model's own ``uvc.arch.preprocess.Preprocess`` for folder images (None:
             ImageNet's statistics).
 
     Returns:
@@ -143,8 +143,8 @@ def validation_inputs(
 def _load_images(
     calib_data: str | Path, size: int, n: int, g: torch.Generator, preprocess: Any = None
 ) -> Tensor:
-    from uvc.data import DigitsDataset, FolderDataset, scan_folder
-    from uvc.preprocess import eval_transform
+    from uvc.arch.preprocess import eval_transform
+    from uvc.train.data import DigitsDataset, FolderDataset, scan_folder
 
     if str(calib_data) == "digits":
         ds = DigitsDataset(size, train=False)

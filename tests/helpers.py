@@ -6,7 +6,7 @@ from torch import nn
 from uvc.bench.cost_check import MODELS as TIMM_MODELS
 from uvc.bench.cost_check import fvcore_macs
 
-from uvc.spec import BlockSpec, ViTSpec
+from uvc.arch.spec import BlockSpec, ViTSpec
 
 __all__ = ["TIMM_MODELS", "fvcore_macs", "timm_unfused", "tiny_spec"]
 

@@ -39,7 +39,7 @@ def test_readme_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_compress_reports_what_it_did() -> None:
-    from uvc.spec import ViTSpec
+    from uvc.arch.spec import ViTSpec
 
     torch.manual_seed(0)
     spec = ViTSpec.uniform(2, 32, 4, img_size=16, patch_size=8, num_classes=3)
@@ -77,7 +77,7 @@ def test_import_uvc_is_light() -> None:
 
 
 def test_compress_never_writes_into_a_users_folder(tmp_path: Path) -> None:
-    from uvc.rundir import RunDirError
+    from uvc.files.rundir import RunDirError
 
     (tmp_path / "notes.md").write_text("mine")
     model = uvc.ViT(uvc.ViTSpec.uniform(1, 16, 2, img_size=16, patch_size=8, num_classes=2))

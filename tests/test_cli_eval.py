@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 
 from tests.helpers import tiny_spec
-from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.arch.model import ViT
 from uvc.cli import cli
-from uvc.data import DataConfig, build_data
-from uvc.finetune import evaluate
-from uvc.model import ViT
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
+from uvc.train.data import DataConfig, build_data
+from uvc.train.finetune import evaluate
 
 
 def _checkpoint(path: Path, seed: int, **overrides: object) -> tuple[Path, ViT]:

@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from tests.helpers import tiny_spec
-from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.arch.cost import macs, params
+from uvc.arch.model import ViT
 from uvc.cli import cli
-from uvc.cost import macs, params
-from uvc.model import ViT
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
 
 
 def _run(*args: str):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from uvc.checkpoint import load_checkpoint
+from uvc.arch.spec import ViTSpec
 from uvc.cli import cli
-from uvc.runlog import read_log
-from uvc.spec import ViTSpec
+from uvc.files.checkpoint import load_checkpoint
+from uvc.train.runlog import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 UVC = [sys.executable, "-c", "from uvc.cli import main; main()"]

@@ -8,7 +8,7 @@ import click
 
 from uvc.api import SETTINGS
 from uvc.cli import cli
-from uvc.pipeline.config import TrainConfig
+from uvc.settings import TrainConfig
 
 
 def _options(command: click.Command) -> dict[str, click.Option]:
@@ -35,7 +35,7 @@ def test_train_settings_reach_the_search_config() -> None:
     """Every search-relevant TrainConfig setting is passed on (a dropped one silently runs UVC's
     defaults, as --method once did)."""
     from uvc.api import search_config
-    from uvc.gates import GateMode
+    from uvc.methods.uvc.gates import GateMode
 
     cfg = TrainConfig(method="uniform", gates="none", importance="taylor", align=8, budget=0.4)
     sc = search_config(cfg)

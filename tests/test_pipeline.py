@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from uvc.checkpoint import load_checkpoint
+from uvc.arch.spec import ViTSpec
 from uvc.errors import UvcError
+from uvc.files.checkpoint import load_checkpoint
 from uvc.pipeline import TrainConfig, clear_run, train
-from uvc.runlog import read_log
-from uvc.spec import ViTSpec
-from uvc.teacher import load_base_model
+from uvc.train.runlog import read_log
+from uvc.train.teacher import load_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_resume_needs_a_run_folder(tmp_path: Path) -> None:
 
 
 def test_clear_run_removes_only_run_files(tmp_path: Path) -> None:
-    from uvc.rundir import MARKER, RunDirError, write_marker
+    from uvc.files.rundir import MARKER, RunDirError, write_marker
 
     for name in ("final.pt", "log.jsonl", "mine.txt"):
         (tmp_path / name).write_text("x")

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import uvc.checkpoint as checkpoint
+import uvc._fs as fs
+import uvc.files.checkpoint as checkpoint
 import uvc.pipeline.stages as stages
 from uvc.cli import cli
-from uvc.rundir import MARKER, STAGING, read_marker, write_marker
+from uvc.files.rundir import MARKER, STAGING, read_marker, write_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +172,7 @@ def test_ctrl_c_prints_the_resume_command(tmp_path: Path, monkeypatch: pytest.Mo
 
 def _full_disk_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Path]:
     """Make every atomic write of a file called ``name`` fail half-way with ENOSPC."""
-    real = checkpoint._atomic_write
+    real = fs._atomic_write
     failed: list[Path] = []
 
     def atomic_write(path: Path, write: object) -> Path:
@@ -185,7 +186,7 @@ def _full_disk_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Path]:
 
         return real(path, half_then_full)
 
-    monkeypatch.setattr(checkpoint, "_atomic_write", atomic_write)
+    monkeypatch.setattr(fs, "_atomic_write", atomic_write)
     return failed
 
 

@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers import tiny_spec
-from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.arch.demo import demo_spec
+from uvc.arch.model import ViT
 from uvc.cli import cli
-from uvc.model import ViT
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
+from uvc.files.rundir import write_marker
 from uvc.pipeline import TrainConfig
-from uvc.rundir import write_marker
-from uvc.teacher import demo_spec
 
 SEED = 20260901
 # Per kind of file: how many damaged versions (kept modest so the file runs in a few seconds).

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from uvc.arch.demo import demo_spec
 from uvc.cli import cli
 from uvc.pipeline.preflight import budget_floor
-from uvc.teacher import demo_spec
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -50,8 +50,8 @@ def _prepare(root: Path) -> None:
     (root / "text_data" / "cat" / "a.jpg").write_text("this is no image")
     (root / "no_model").mkdir()
     (root / "no_model" / "readme.md").write_text("hello")
+    from uvc.files.rundir import write_marker
     from uvc.pipeline import TrainConfig
-    from uvc.rundir import write_marker
 
     (root / "a_run").mkdir()
     write_marker(root / "a_run", "train")
@@ -156,8 +156,8 @@ def test_refused_in_one_line_touching_nothing(
 def test_budget_floor_is_the_smallest_model_and_reachable() -> None:
     """The floor is the cost of 1 head, 1 qk/v dim and 1 MLP unit per block (uvc-tiny: 0.0735,
     the ratio the old code silently ended at for --budget 0.0001)."""
-    from uvc.cost import macs
-    from uvc.spec import BlockSpec
+    from uvc.arch.cost import macs
+    from uvc.arch.spec import BlockSpec
 
     spec = demo_spec()
     floor = budget_floor(spec, "macs")
@@ -220,7 +220,7 @@ def test_bench_with_every_row_failed_exits_1(
 
 def test_bench_unlike_models_with_the_flag_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
     from uvc.cli.checks import check_comparable
-    from uvc.weights import spec_from_timm
+    from uvc.files.weights import spec_from_timm
 
     named = [("deit", spec_from_timm("deit_tiny_patch16_224")), ("tiny", demo_spec())]
     with caplog.at_level("WARNING"):
@@ -258,8 +258,8 @@ def test_budget_floor_follows_the_method(tmp_path: Path) -> None:
     """uniform keeps full-width heads (a higher floor, the one its own code refuses below);
     nvit can also narrow the embedding (a lower one)."""
     from uvc.errors import UvcError
+    from uvc.methods.common.resource import ResourceModel
     from uvc.methods.uniform import uniform_ratio
-    from uvc.resource import ResourceModel
 
     spec = demo_spec()
     uvc_floor = budget_floor(spec, "macs").ratio

@@ -16,8 +16,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from uvc.arch.spec import BlockSpec, ViTSpec
 from uvc.errors import UvcError
-from uvc.spec import BlockSpec, ViTSpec
 
 __version__ = "0.1.0"
 
@@ -25,18 +25,19 @@ __version__ = "0.1.0"
 _LAZY = {
     "compress": "uvc.api",
     "CompressResult": "uvc.api",
+    "cost": "uvc.tools",
     "load": "uvc.tools",
     "save": "uvc.tools",
     "export_onnx": "uvc.tools",
     "benchmark": "uvc.tools",
     "from_module": "uvc.adapters",
     "materialize": "uvc.export.materialize",
-    "ViT": "uvc.model",
-    "KeepSet": "uvc.keep",
-    "BlockKeep": "uvc.keep",
+    "ViT": "uvc.arch.model",
+    "KeepSet": "uvc.arch.keep",
+    "BlockKeep": "uvc.arch.keep",
 }
 
-__all__ = ["BlockSpec", "UvcError", "ViTSpec", "__version__", "cost", *sorted(_LAZY)]
+__all__ = ["BlockSpec", "UvcError", "ViTSpec", "__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
@@ -44,8 +45,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name == "cost":  # the submodule uvc.cost is itself callable: uvc.cost(model_or_spec)
-        return import_module("uvc.cost")
     raise AttributeError(f"module 'uvc' has no attribute {name!r}")
 
 

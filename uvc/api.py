@@ -3,7 +3,7 @@
 ``compress`` runs the same stages as ``uvc train`` (search with the chosen method, materialization,
 dense fine-tune with distillation) on a model and loaders the caller already has. Its settings are
 ``uvc train``'s options with the same names and the same defaults: they are read from
-``uvc.pipeline.config.TrainConfig``, the one place they live.
+``uvc.settings.TrainConfig``, the one place they live.
 
 This module sits above the core (it joins ``uvc`` training and ``uvc.export``), like the pipeline.
 """
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from uvc.arch.keep import KeepSet
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
 from uvc.errors import UvcError
-from uvc.keep import KeepSet
-from uvc.model import ViT
-from uvc.spec import ViTSpec
 
 log = logging.getLogger("uvc.api")
 
@@ -59,7 +59,7 @@ class CompressResult:
         model: the dense compressed model (a ``uvc`` ViT, physically smaller, eval mode).
         spec: its architecture; ``keep``: which units of the original it kept.
         accuracy_before / accuracy_after: top-1 (%) on the validation loader (None without one).
-        macs_before / macs_after / params_before / params_after: per image, from ``uvc.cost``.
+        macs_before / macs_after / params_before / params_after: per image, from ``uvc.arch.cost``.
         cost_searched: the budget metric's ratio the method reached before its final rounding.
         cost_final: the same ratio for ``spec``.
         history: every log record (search steps and epochs, fine-tune epochs).
@@ -123,14 +123,14 @@ def compress(
     Raises:
         UvcError: a setting is unknown or out of range, or the model cannot be converted.
     """
-    from uvc.dist import init_distributed
-    from uvc.finetune import evaluate
+    from uvc.train.dist import init_distributed
+    from uvc.train.finetune import evaluate
 
     cfg = _settings(budget, metric, method, settings)
     dist, device = init_distributed(cfg.device)
     student = as_vit(model)
     if out is not None and dist.is_main:
-        from uvc.rundir import claim
+        from uvc.files.rundir import claim
 
         # The same rule as uvc train: a new or empty folder, or one compress created before.
         claim(out, "compress", option="out")
@@ -155,7 +155,7 @@ def compress(
 
 def _settings(budget: float, metric: str, method: str, settings: dict[str, Any]) -> Any:
     """``compress``'s settings as a validated ``TrainConfig`` (its defaults, its checks)."""
-    from uvc.pipeline.config import TrainConfig
+    from uvc.settings import TrainConfig
 
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
@@ -174,7 +174,7 @@ def _result(
     after: float | None,
     history: list[dict[str, Any]],
 ) -> CompressResult:
-    from uvc.cost import macs, params
+    from uvc.arch.cost import macs, params
 
     return CompressResult(
         model=dense.cpu().eval(),
@@ -211,10 +211,10 @@ def compress_stages(
     ``cfg`` is a ``TrainConfig``. Returns the dense fine-tuned model, the ``SearchResult`` and
     the final top-1 (%) (0.0 without a validation loader). Every stage resumes from ``out``.
     """
-    from uvc.distill import DistillConfig, DistillLoss
     from uvc.export.materialize import materialize
-    from uvc.finetune import finetune
-    from uvc.search import run_search
+    from uvc.methods.search import run_search
+    from uvc.train.distill import DistillConfig, DistillLoss
+    from uvc.train.finetune import finetune
 
     loss_fn = DistillLoss(DistillConfig(cfg.kd, cfg.alpha, cfg.tau, cfg.label_smoothing))
     search = run_search(
@@ -241,7 +241,7 @@ def _log_gap(
 ) -> None:
     """Log how far the materialized model is from the searched, masked one (before fine-tune):
     exact for block units, not for embedding channels (LayerNorm over fewer channels)."""
-    from uvc.keep import masked_dense_gap
+    from uvc.arch.keep import masked_dense_gap
 
     xs = []
     for i, (x, _) in enumerate(val):
@@ -259,7 +259,7 @@ def _log_gap(
 
 def search_config(cfg: Any) -> Any:
     """The search stage's ``SearchConfig`` of a ``TrainConfig``."""
-    from uvc.search import SearchConfig
+    from uvc.methods.common.config import SearchConfig
 
     wanted = {
         "method": getattr(cfg, "method", "uvc"),
@@ -286,7 +286,7 @@ def search_config(cfg: Any) -> Any:
 
 def finetune_config(cfg: Any, stage: str, epochs: int, steps_per_epoch: int | None = None) -> Any:
     """A dense stage's ``FinetuneConfig`` (the teacher stage or the fine-tune) of a TrainConfig."""
-    from uvc.finetune import FinetuneConfig
+    from uvc.train.finetune import FinetuneConfig
 
     return FinetuneConfig(
         epochs=epochs,

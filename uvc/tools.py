@@ -1,6 +1,7 @@
 """The package face's small tools: load, save, cost, export_onnx, benchmark.
 
-Thin, typed wrappers over the library (``uvc.source``, ``uvc.checkpoint``, ``uvc.cost``,
+Thin, typed wrappers over the library (``uvc.files.source``, ``uvc.files.checkpoint``,
+``uvc.arch.cost``,
 ``uvc.export``, ``uvc.bench``), re-exported lazily by ``uvc/__init__.py``. Like ``uvc.api`` this
 sits above the core: it may import ``uvc.export`` and ``uvc.bench``.
 """
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 from uvc.api import as_vit
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
 from uvc.errors import UvcError
-from uvc.model import ViT
-from uvc.spec import ViTSpec
 
 
 def load(target: str | Path, weights: str | Path | None = None) -> ViT:
@@ -27,7 +28,7 @@ def load(target: str | Path, weights: str | Path | None = None) -> ViT:
             JSON (random weights) or a timm model name (timm's initialisation; never downloaded).
         weights: a local weights file for ``target`` (timm/DeiT/uvc formats).
     """
-    from uvc.source import load_model
+    from uvc.files.source import load_model
 
     return load_model(target, weights)
 
@@ -37,18 +38,29 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None)
 
     The spec travels inside, so ``uvc.load``, ``uvc export`` and ``uvc bench`` need nothing else.
     """
-    from uvc.checkpoint import Checkpoint, save_checkpoint
+    from uvc.files.checkpoint import Checkpoint, save_checkpoint
 
     vit = as_vit(model)
     return save_checkpoint(path, Checkpoint(vit.spec, vit.state_dict(), dict(meta or {})))
 
 
 def cost(target: nn.Module | ViTSpec | str | Path) -> Any:
-    """MACs and parameters (``uvc.cost.ModelCost``: ``.macs``, ``.params``, per block) of a
+    """MACs and parameters (``uvc.arch.cost.ModelCost``: ``.macs``, ``.params``, per block) of a
     model, a spec, or anything ``uvc.load`` takes (only its spec is read)."""
-    from uvc.cost import cost_of
+    from uvc.arch.cost import model_cost
 
-    return cost_of(target)
+    if isinstance(target, ViTSpec):
+        return model_cost(target)
+    if isinstance(target, nn.Module):
+        spec = getattr(target, "spec", None)
+        if not isinstance(spec, ViTSpec):
+            from uvc.adapters import from_module
+
+            spec = from_module(target).spec
+        return model_cost(spec)
+    from uvc.files.source import resolve_spec
+
+    return model_cost(resolve_spec(target))
 
 
 def export_onnx(

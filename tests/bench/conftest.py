@@ -11,8 +11,8 @@ from uvc.bench.harness import BenchModel
 from uvc.bench.timer import TimingConfig
 
 from tests.helpers import tiny_spec
-from uvc.keep import random_keep
-from uvc.model import ViT
+from uvc.arch.keep import random_keep
+from uvc.arch.model import ViT
 
 # The smallest timing that still exercises warmup, rounds and repetitions.
 FAST = TimingConfig(warmup=1, rounds=2, reps=2, warmup_per_round=0)

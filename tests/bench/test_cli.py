@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from uvc.arch.model import ViT
 from uvc.cli import cli
-from uvc.model import ViT
 
 FAST = ["--batch-sizes", "1", "--threads", "1", "--warmup", "0", "--rounds", "1", "--reps", "2"]
 

@@ -11,7 +11,7 @@ import click
 import pytest
 from uvc.bench.gpu_check import Step, _run, image_check, install_problem, main, parse_uvc, run_step
 
-from uvc.spec import ViTSpec
+from uvc.arch.spec import ViTSpec
 
 
 def test_dry_run_writes_summary_specs_and_parses_every_cuda_command(tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ from uvc.bench.runners import Runner, RunnerConfig
 from uvc.bench.timer import TimingConfig, summarize
 
 from tests.bench.conftest import FAST
-from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable, UvcError
-from uvc.model import ViT
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
 
 
 def _row(model: str, backend: str, batch: int, median_ms: float, macs: int) -> Row:

@@ -1,4 +1,5 @@
-"""Latency tables: measured grids round-trip through uvc.cost.LatencyTable and predict models."""
+"""Latency tables: measured grids round-trip through uvc.arch.cost.LatencyTable and predict
+models."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from uvc.bench.lut import (
 from uvc.bench.timer import TimingConfig
 
 from tests.helpers import tiny_spec
-from uvc.cost import LatencyTable
+from uvc.arch.cost import LatencyTable
+from uvc.arch.spec import BlockSpec
 from uvc.errors import SpecError
-from uvc.spec import BlockSpec
 
 TINY_TIMING = TimingConfig(warmup=1, rounds=1, reps=2)
 

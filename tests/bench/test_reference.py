@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from uvc.bench.reference import half_keep, keep_at
 
-from uvc.cost import macs
-from uvc.keep import spec_after
-from uvc.spec import ViTSpec
+from uvc.arch.cost import macs
+from uvc.arch.keep import spec_after
+from uvc.arch.spec import ViTSpec
 
 DEIT_TINY = ViTSpec.uniform(12, 192, 3)
 DEIT_SMALL = ViTSpec.uniform(12, 384, 6)

@@ -16,8 +16,8 @@ from uvc.bench.runners import (
     TrtEngineRunner,
 )
 
+from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable
-from uvc.model import ViT
 
 SHAPE = (3, 32, 32)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

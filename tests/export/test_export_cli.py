@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from uvc.export.onnx import ort_session
 
 from tests.helpers import tiny_spec
-from uvc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uvc.arch.cost import macs
+from uvc.arch.keep import random_keep, spec_after
+from uvc.arch.model import ViT
 from uvc.cli import cli
-from uvc.cost import macs
-from uvc.keep import random_keep, spec_after
-from uvc.model import ViT
+from uvc.files.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 FAST = ["--exporter", "torchscript"]  # ~10x faster than dynamo; dynamo is tested in test_onnx
 
@@ -93,7 +93,7 @@ def test_search_checkpoint_is_materialized(tmp_path: Path) -> None:
 
 
 def test_search_checkpoint_with_keep_json(tmp_path: Path) -> None:
-    """uvc.search writes search.pt without a keep-set and keep.json beside it."""
+    """uvc.methods.search writes search.pt without a keep-set and keep.json beside it."""
     spec = tiny_spec()
     keep = random_keep(spec, 0.5, seed=2)
     run = tmp_path / "run"

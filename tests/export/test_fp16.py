@@ -11,7 +11,7 @@ from uvc.export.onnx import Exporter, check_onnx, export_onnx, validate_onnx
 from uvc.export.validate import validation_inputs
 
 from tests.helpers import tiny_spec
-from uvc.model import ViT
+from uvc.arch.model import ViT
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from uvc.bench.cost_check import odd_keep
 from uvc.export.materialize import materialize
 
 from tests.helpers import TIMM_MODELS, fvcore_macs, tiny_spec
-from uvc.cost import macs, params
-from uvc.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
-from uvc.model import ViT
-from uvc.weights import create_timm_model, vit_from_timm
+from uvc.arch.cost import macs, params
+from uvc.arch.keep import BlockKeep, KeepSet, hard_masks, masked, random_keep
+from uvc.arch.model import ViT
+from uvc.files.weights import create_timm_model, vit_from_timm
 
 
 def _check(model: ViT, keep: KeepSet, img: int) -> float:
@@ -58,7 +58,7 @@ def test_per_head_value_counts_pad_with_zeros_exactly():
 
 def test_keeping_everything_reproduces_the_model():
     model = ViT(tiny_spec()).eval()
-    from uvc.keep import full_keep
+    from uvc.arch.keep import full_keep
 
     dense = materialize(model, full_keep(model.spec)).eval()
     x = torch.randn(2, 3, 32, 32)

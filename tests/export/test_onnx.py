@@ -20,10 +20,10 @@ from uvc.export.onnx import (
 from uvc.export.validate import AtolError, compare, require_tolerance, validation_inputs
 
 from tests.helpers import tiny_spec
+from uvc.arch.keep import random_keep
+from uvc.arch.model import ViT
+from uvc.arch.spec import Pool
 from uvc.errors import ExportError, ValidationError
-from uvc.keep import random_keep
-from uvc.model import ViT
-from uvc.spec import Pool
 
 
 def _model(**overrides: object) -> ViT:

@@ -25,10 +25,10 @@ from uvc.export.optimize import (
 )
 
 from tests.helpers import tiny_spec
+from uvc.arch.keep import BlockKeep
+from uvc.arch.model import ViT
+from uvc.arch.spec import BlockSpec, ViTSpec
 from uvc.cli import cli
-from uvc.keep import BlockKeep
-from uvc.model import ViT
-from uvc.spec import BlockSpec, ViTSpec
 
 TS = Exporter.TORCHSCRIPT  # ~10x faster to run than dynamo; dynamo is covered once below
 EXACT = 1e-5

@@ -9,8 +9,8 @@ import torch
 from uvc.export.tensorrt import TrtBuildConfig, TrtRunner, require_tensorrt
 
 from tests.helpers import tiny_spec
+from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable
-from uvc.model import ViT
 
 
 def test_build_config_validates_batch_range() -> None:

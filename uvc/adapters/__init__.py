@@ -3,7 +3,7 @@
 ``from_module(module, **hints)`` detects the kind of a live model, converts it and checks that the
 uvc ViT gives the same logits (max |diff| <= 1e-5 on random images), or raises. ``convert_source``
 does the same from files (``uvc convert``). Each kind lives in its own module, imported lazily
-(``transformers`` only when a Hugging Face model is converted).
+(``transformers`` only when a Hugging Face model is converted). Imports ``uvc.files`` and below.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 from torch import nn
 
 from uvc.adapters.common import DEFAULT_ATOL, KINDS, Conversion
-from uvc.checkpoint import Checkpoint, save_checkpoint
+from uvc.arch.model import ViT
+from uvc.arch.preprocess import Preprocess
 from uvc.errors import SpecError
-from uvc.model import ViT
-from uvc.preprocess import Preprocess
+from uvc.files.checkpoint import Checkpoint, save_checkpoint
 
 __all__ = [
     "KINDS",

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
 from uvc.errors import SpecError, WeightsError
-from uvc.model import ViT
-from uvc.spec import ViTSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def refuse(what: str, source: str) -> SpecError:
 
 def build(spec: ViTSpec, state: dict[str, Tensor]) -> ViT:
     """A ``ViT`` of ``spec`` with ``state`` loaded strictly (every key named on mismatch)."""
-    from uvc.weights import load_weights
+    from uvc.files.weights import load_weights
 
     model = ViT(spec)
     load_weights(model, state)

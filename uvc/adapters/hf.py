@@ -25,9 +25,9 @@ from uvc.adapters.common import (
     measure_parity,
     refuse,
 )
+from uvc.arch.preprocess import INTERPOLATIONS, Preprocess
+from uvc.arch.spec import Act, BlockSpec, ViTSpec
 from uvc.errors import BackendUnavailable, SpecError, WeightsError
-from uvc.preprocess import INTERPOLATIONS, Preprocess
-from uvc.spec import Act, BlockSpec, ViTSpec
 
 SOURCE = "hf"
 CLASSES = {

@@ -1,6 +1,7 @@
 """timm ``VisionTransformer`` (ViT, DeiT, DeiT-III, DINOv2 with registers, avg-pool/fc_norm).
 
-timm's parameter names are uvc's, so the weights copy unchanged; ``uvc.weights.spec_from_timm``
+timm's parameter names are uvc's, so the weights copy unchanged;
+``uvc.files.weights.spec_from_timm``
 describes the architecture (and refuses, by name, what uvc's ViT cannot reproduce).
 """
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from uvc.adapters.common import DEFAULT_ATOL, Conversion, check_parity, measure_parity
 from uvc.errors import SpecError, WeightsError
-from uvc.weights import create_timm_model, read_state_dict, vit_from_timm
+from uvc.files.weights import create_timm_model, read_state_dict, vit_from_timm
 
 SOURCE = "timm"
 

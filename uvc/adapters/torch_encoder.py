@@ -32,9 +32,9 @@ from uvc.adapters.common import (
 # The layout (where the parts live) and the stated config are defined in ``encoder_layout`` and
 # re-exported here, where users and tests import them from.
 from uvc.adapters.encoder_layout import SOURCE, EncoderConfig, EncoderLayout, detect_layout
+from uvc.arch.preprocess import Preprocess
+from uvc.arch.spec import Act, BlockSpec, NormPlacement, Pool, ViTSpec
 from uvc.errors import SpecError
-from uvc.preprocess import Preprocess
-from uvc.spec import Act, BlockSpec, NormPlacement, Pool, ViTSpec
 
 
 def _act(name: str) -> Act:
@@ -340,7 +340,7 @@ def convert_encoder_source(
     atol: float = DEFAULT_ATOL,
 ) -> Conversion:
     """Convert a plain ViT's weights file (``uvc convert --from torch-encoder``)."""
-    from uvc.weights import read_state_dict
+    from uvc.files.weights import read_state_dict
 
     if heads is None:
         raise SpecError(

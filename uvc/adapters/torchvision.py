@@ -22,9 +22,9 @@ from uvc.adapters.common import (
     refuse,
     square_side,
 )
+from uvc.arch.preprocess import Preprocess
+from uvc.arch.spec import BlockSpec, ViTSpec
 from uvc.errors import SpecError, WeightsError
-from uvc.preprocess import Preprocess
-from uvc.spec import BlockSpec, ViTSpec
 
 SOURCE = "torchvision"
 # torchvision's builders: heads per architecture (not visible in the weights' shapes).
@@ -148,7 +148,7 @@ def convert_torchvision_source(
     """Convert a torchvision ViT weights file; heads from ``arch`` (vit_b_16, ...) or ``heads``."""
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from uvc.weights import read_state_dict
+    from uvc.files.weights import read_state_dict
 
     state = rename_legacy_mlp(read_state_dict(source))
     if any(k.startswith("heads.pre_logits") for k in state):

@@ -299,7 +299,7 @@ def lut(
     """
     from uvc.bench.lut import LutConfig, build_lut, default_frame
     from uvc.cli.checks import check_lut_size, check_writable_file, resolve_device
-    from uvc.source import resolve_spec
+    from uvc.files.source import resolve_spec
 
     if model is None and (embed_dim is None or tokens is None):
         raise UvcError("give --model, or both --embed-dim and --tokens")

@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from uvc.arch.spec import ViTSpec
 from uvc.errors import UvcError
 from uvc.pipeline.preflight import available_bytes
-from uvc.spec import ViTSpec
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def bench_preflight(
     allow_mismatch: bool,
 ) -> None:
     """``uvc bench``'s checks before timing: output files, comparable models, batch memory."""
-    from uvc.source import resolve_spec
+    from uvc.files.source import resolve_spec
 
     for option, path in (("--json", json_path), ("--plot", plot_path)):
         if path:

@@ -1,4 +1,4 @@
-"""``uvc inspect`` and ``uvc export``: thin shells over ``uvc.summary`` and ``uvc.export``."""
+"""``uvc inspect`` and ``uvc export``: thin shells over ``uvc.arch.summary`` and ``uvc.export``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def inspect(target: str, as_json: bool) -> None:
     file, a uvc checkpoint (.pt) or an export folder. MACs are what papers call FLOPs
     (DeiT-Small: 4.6 G).
     """
-    from uvc.source import resolve_spec
-    from uvc.summary import cost_summary, cost_table
+    from uvc.arch.summary import cost_summary, cost_table
+    from uvc.files.source import resolve_spec
 
     spec = resolve_spec(target)
     if as_json:

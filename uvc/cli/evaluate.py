@@ -13,7 +13,7 @@ from uvc.cli.app import cli, device_option, handle_errors, threads_option
 from uvc.errors import UvcError
 
 if TYPE_CHECKING:
-    from uvc.model import ViT
+    from uvc.arch.model import ViT
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def evaluate(
     """
     import torch
 
-    from uvc.accuracy import accuracy, correct_mask, model_val_loader, paired_difference
     from uvc.cli.checks import check_writable_file, resolve_device
+    from uvc.train.accuracy import accuracy, correct_mask, model_val_loader, paired_difference
 
     if baseline is not None:
         models = (baseline, *(m for m in models if m != baseline))
@@ -99,7 +99,7 @@ def evaluate(
         rows.append(row)
     click.echo(_table(rows))
     if json_out is not None:
-        from uvc.checkpoint import atomic_write_text
+        from uvc._fs import atomic_write_text
 
         report = {"data": data, "baseline": models[0], "models": rows}
         atomic_write_text(Path(json_out), json.dumps(report, indent=2))
@@ -108,7 +108,7 @@ def evaluate(
 
 def _load_trained(target: str) -> ViT:
     """The model of a checkpoint or export folder; a spec or timm name has no trained weights."""
-    from uvc.source import export_file, load_model
+    from uvc.files.source import export_file, load_model
 
     path = Path(target)
     if not path.exists() and (path.suffix or len(path.parts) > 1):

@@ -272,8 +272,8 @@ def train(resume: str | None, progress_bars: bool | None, **options: Any) -> Non
 
 def run_interruptible(call: Any, out: str, again: str) -> Any:
     """Run ``call``; after Ctrl-C or a failed write, print the command that resumes the run."""
-    from uvc.checkpoint import WriteError
-    from uvc.rundir import is_own
+    from uvc._fs import WriteError
+    from uvc.files.rundir import is_own
 
     try:
         return call()

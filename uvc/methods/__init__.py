@@ -1,10 +1,12 @@
-"""Compression methods behind one interface (``uvc.methods.base.Method``).
+"""Compression methods behind one interface (``uvc.methods.common.base.Method``).
 
-``uvc`` (UVC's primal-dual search), ``uniform`` (the naive baseline) and, later, ``nvit`` share the
-model, the structural map, the search loop (``uvc.search.run_search``: epochs, resume, DDP,
-logging, progress), materialization and the dense fine-tune.
+``common/`` holds what they share (the protocol, the registry, the search settings, importance,
+the resource model, hard widths, the masked distillation step); ``uvc/`` (UVC's primal-dual),
+``nvit/`` (NViT's global Hessian-aware pruning) and ``uniform`` (the baseline) never import each
+other; ``search`` is the method-agnostic loop above them (epochs, resume, DDP, logging). Imports
+``uvc.train`` and below.
 """
 
-from uvc.methods.base import METHODS, Method, build_method
+from uvc.methods.common.base import METHODS, build_method
 
-__all__ = ["METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "build_method"]

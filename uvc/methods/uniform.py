@@ -2,7 +2,7 @@
 
 Every block keeps ``max(1, round(rho * width))`` of its heads and of its MLP units (query/key and
 value widths untouched), the highest-magnitude ones; ``rho`` is the largest ratio whose cost meets
-the budget (bisection on the resource model, the same numbers ``uvc.cost`` gives). The search
+the budget (bisection on the resource model, the same numbers ``uvc.arch.cost`` gives). The search
 epochs then train the masked model with the same distillation as UVC, so a report can compare
 both at equal budget and equal epochs.
 """
@@ -14,18 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uvc.cost import LatencyTable
-from uvc.dist import DistInfo
-from uvc.distill import DistillLoss
+from uvc.arch.cost import LatencyTable
+from uvc.arch.keep import KeepSet
+from uvc.arch.model import ViT
 from uvc.errors import UvcError
-from uvc.importance import magnitude
-from uvc.keep import KeepSet
-from uvc.methods.kd import masked_kd_step, weight_optimizer
-from uvc.model import ViT
-from uvc.primal_dual import SearchConfig
-from uvc.resource import Metric, ResourceModel
-from uvc.schedules import cosine_lr
-from uvc.structure import HardBlock, keep_from_hard
+from uvc.methods.common.config import SearchConfig
+from uvc.methods.common.importance import magnitude
+from uvc.methods.common.kd import masked_kd_step, weight_optimizer
+from uvc.methods.common.resource import Metric, ResourceModel
+from uvc.methods.common.structure import HardBlock, keep_from_hard
+from uvc.train.dist import DistInfo
+from uvc.train.distill import DistillLoss
+from uvc.train.schedules import cosine_lr
 
 
 def uniform_widths(res: ResourceModel, rho: float) -> list[HardBlock]:
@@ -113,7 +113,7 @@ class Uniform:
 
     def cost(self) -> float:
         """R / R_full of the keep-set."""
-        from uvc.keep import spec_after
+        from uvc.arch.keep import spec_after
 
         return self.res.of_spec(spec_after(self.model.spec, self.keep())) / self.res.full
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from uvc.arch.spec import BlockSpec, ViTSpec
 from uvc.errors import UvcError
-from uvc.pipeline.config import TrainConfig
-from uvc.spec import BlockSpec, ViTSpec
+from uvc.settings import TrainConfig
 
 FLOOR_SHAPES = {
     "uvc": "1 head, minimal qk/v widths and 1 MLP unit in every block",
@@ -41,8 +41,8 @@ def preflight(cfg: TrainConfig) -> ViTSpec:
     Raises:
         UvcError: the first problem found (one line, naming the option to change).
     """
-    from uvc.data import check_folder
-    from uvc.rundir import check_out_path
+    from uvc.files.rundir import check_out_path
+    from uvc.train.data import check_folder
 
     check_device(cfg.device, cfg.amp)
     check_out_path(cfg.out)
@@ -52,7 +52,7 @@ def preflight(cfg: TrainConfig) -> ViTSpec:
     classes = check_folder(cfg.data, cfg.val_split)
     spec = model_spec(cfg, len(classes))
     if cfg.teacher is not None:
-        from uvc.teacher import build_timm_teacher
+        from uvc.train.teacher import build_timm_teacher
 
         build_timm_teacher(cfg.teacher, cfg.teacher_weights, len(classes))  # type: ignore[arg-type]
     lut = None
@@ -92,8 +92,9 @@ def check_device(device: str, amp: str | None) -> None:
 
 def model_spec(cfg: TrainConfig, num_classes: int) -> ViTSpec:
     """The uncompressed model's spec for this data, its weights checked when it has any."""
-    from uvc.source import resolve_spec
-    from uvc.teacher import DEMO_MODEL, demo_spec, load_base_model
+    from uvc.arch.demo import DEMO_MODEL, demo_spec
+    from uvc.files.source import resolve_spec
+    from uvc.train.teacher import load_base_model
 
     if cfg.model == DEMO_MODEL:
         spec = demo_spec(num_classes, cfg.img_size or 32)
@@ -116,7 +117,7 @@ def check_fits(spec: ViTSpec, batch: int = 1, device: str = "cpu", copies: int =
     A damaged spec can claim absurd widths, and ``--img-size``/``--batch-size`` absurd inputs;
     either would otherwise fail after the data is loaded, or take the machine down.
     """
-    from uvc.cost import params
+    from uvc.arch.cost import params
 
     try:
         weights = params(spec) * 4 * copies
@@ -140,7 +141,7 @@ def load_lut(path: str, spec: ViTSpec) -> object:
     """Read a latency table and check it was measured for ``spec``'s embed width and tokens."""
     import math
 
-    from uvc.cost import LatencyTable
+    from uvc.arch.cost import LatencyTable
 
     try:
         data = json.loads(Path(path).read_bytes())
@@ -180,16 +181,18 @@ def budget_floor(
     """The smallest ``metric`` ratio ``method`` can guarantee for ``spec``.
 
     - uvc: every block down to one head, ``align`` query/key and value dims (1 by default) and
-      ``align`` MLP units (``uvc.structure``: at least one unit always survives); the final
-      projection onto the budget (``uvc.dual.project_to_budget``) goes no lower. Skip gates could
+      ``align`` MLP units (``uvc.methods.common.structure``: at least one unit always survives);
+      the final
+      projection onto the budget (``uvc.methods.uvc.dual.project_to_budget``) goes no lower. Skip
+      gates could
       remove whole parts, but the projection never changes gate decisions, so a budget below this
       floor is not guaranteed to be met.
     - uniform: one head (at full qk/v width) and one MLP unit per block (``uvc.methods.uniform``).
     - nvit: each group down to its last chunk above the units that must survive, and the embedding
-      width too (unless a latency table has no embedding axis) (``uvc.methods.nvit``).
+      width too (unless a latency table has no embedding axis) (``uvc.methods.nvit.method``).
     """
-    from uvc.resource import ResourceModel
-    from uvc.structure import aligned_width
+    from uvc.methods.common.resource import ResourceModel
+    from uvc.methods.common.structure import aligned_width
 
     res = ResourceModel(spec, metric, lut)  # type: ignore[arg-type]
     full = res.full
@@ -214,9 +217,9 @@ def budget_floor(
 
 def _nvit_floor(spec: ViTSpec, metric: str, lut: object, align: int) -> float:
     """NViT removes whole chunks while more than the survivors are left (its ``mins``)."""
-    from uvc.cost import model_cost
-    from uvc.methods.nvit import chunk_sizes, embed_floor
-    from uvc.structmap import Kind
+    from uvc.arch.cost import model_cost
+    from uvc.arch.structmap import Kind
+    from uvc.methods.nvit.method import chunk_sizes, embed_floor
 
     size = chunk_sizes(spec, None, align)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from uvc.arch.demo import DEMO_MODEL
+from uvc.arch.model import ViT
+from uvc.arch.spec import ViTSpec
 from uvc.errors import UvcError
-from uvc.model import ViT
-from uvc.pipeline.config import RUN_FILES, SEARCH_SEED_EPOCH, TrainConfig
-from uvc.spec import ViTSpec
-from uvc.teacher import DEMO_MODEL
+from uvc.settings import RUN_FILES, SEARCH_SEED_EPOCH, TrainConfig
 
 log = logging.getLogger("uvc.pipeline")
 
@@ -45,7 +45,7 @@ class TrainResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-RUN_KIND = "train"  # the marker kind of a train/demo run folder (``uvc.rundir``)
+RUN_KIND = "train"  # the marker kind of a train/demo run folder (``uvc.files.rundir``)
 
 
 def train(
@@ -57,7 +57,8 @@ def train(
     """Run (or continue) the whole job and return its result.
 
     Everything is checked before any compute (``uvc.pipeline.preflight``); a refused run leaves
-    nothing behind. The output folder is then claimed (``uvc.rundir``): uvc writes only into a new
+    nothing behind. The output folder is then claimed (``uvc.files.rundir``): uvc writes only into
+    a new
     or empty folder, or into a run folder it created itself.
 
     Args:
@@ -67,8 +68,8 @@ def train(
         overrides: with ``resume``, settings that do not change results (device, workers,
             progress) to take instead of the saved ones.
     """
+    from uvc.files.rundir import check_claimable, claim
     from uvc.pipeline.preflight import preflight
-    from uvc.rundir import check_claimable, claim
 
     if resume is not None:
         check_resumable(resume)
@@ -99,7 +100,7 @@ def _is_main_rank() -> bool:
 
 def check_resumable(folder: str | Path) -> None:
     """Raise ``UvcError`` unless ``folder`` is a run folder uvc created (nothing is read)."""
-    from uvc.rundir import MARKER, is_own
+    from uvc.files.rundir import MARKER, is_own
 
     if not Path(folder).is_dir():
         raise UvcError(f"{folder} holds no uvc run to resume (no such folder)")
@@ -136,13 +137,14 @@ def _claim_out_dir(cfg: TrainConfig) -> None:
 def clear_run(out_dir: str | Path) -> list[str]:
     """Delete the files a run writes in ``out_dir`` (only those), for a fresh start.
 
-    Only a folder uvc created (``uvc.rundir`` marker) is touched; its other files stay. Returns
+    Only a folder uvc created (``uvc.files.rundir`` marker) is touched; its other files stay.
+    Returns
     the names removed.
 
     Raises:
         RunDirError: ``out_dir`` holds files but was not created by uvc.
     """
-    from uvc.rundir import check_claimable, remove_own_files
+    from uvc.files.rundir import check_claimable, remove_own_files
 
     out = Path(out_dir)
     check_claimable(out, RUN_KIND)
@@ -198,9 +200,9 @@ def demo(
 
 def evaluate_final(out_dir: str | Path, device: str = "cpu") -> float:
     """Top-1 (%) of ``out_dir/final.pt`` on the run's validation split, rebuilt from scratch."""
-    from uvc.accuracy import model_val_loader
-    from uvc.checkpoint import load_checkpoint
-    from uvc.finetune import evaluate
+    from uvc.files.checkpoint import load_checkpoint
+    from uvc.train.accuracy import model_val_loader
+    from uvc.train.finetune import evaluate
 
     cfg = TrainConfig.load(out_dir)
     ckpt = load_checkpoint(Path(out_dir) / "final.pt")
@@ -219,12 +221,12 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
     The three compression stages are ``uvc.api.compress_stages``, the same ones ``uvc.compress``
     runs; this adds the data, the teacher stage, the run folder's files and the summary.
     """
+    from uvc._fs import atomic_write_text
     from uvc.api import compress_stages
-    from uvc.checkpoint import atomic_write_text
-    from uvc.data import seed_epoch
-    from uvc.dist import init_distributed
-    from uvc.runlog import RunLog
-    from uvc.teacher import Teachers, build_timm_teacher
+    from uvc.train.data import seed_epoch
+    from uvc.train.dist import init_distributed
+    from uvc.train.runlog import RunLog
+    from uvc.train.teacher import Teachers, build_timm_teacher
 
     dist, device = init_distributed(cfg.device)
     out = Path(cfg.out)
@@ -254,8 +256,8 @@ def run_stages(cfg: TrainConfig) -> TrainResult:
 def _data_and_model(cfg: TrainConfig, dist: Any) -> tuple[Any, ViT, bool]:
     """The loaders (the data decides the classes) and the uncompressed model (it decides the
     image size, unless --img-size does; a model recording its preprocessing gets its own)."""
-    from uvc.data import DataConfig, build_data
-    from uvc.teacher import load_base_model
+    from uvc.train.data import DataConfig, build_data
+    from uvc.train.teacher import load_base_model
 
     probe = None if cfg.model == DEMO_MODEL else _spec_of(cfg.model)
     img_size = cfg.img_size or (probe.img_size if probe else 32)
@@ -283,8 +285,8 @@ def _teacher_stage(
     """Stage 0: a teacher that fits the data (the uncompressed model trained with labels only,
     when it came without weights for this data); returns its top-1 (%)."""
     from uvc.api import finetune_config
-    from uvc.distill import DistillConfig, DistillLoss
-    from uvc.finetune import evaluate, finetune
+    from uvc.train.distill import DistillConfig, DistillLoss
+    from uvc.train.finetune import evaluate, finetune
 
     if not trained and cfg.teacher_epochs > 0:
         labels_only = DistillLoss(DistillConfig("none", 0.0, 1.0, cfg.label_smoothing))
@@ -315,10 +317,10 @@ def _finish(
     data: Any,
 ) -> TrainResult:
     """final.pt, architecture.png, summary.txt (with R before and after the projection)."""
-    from uvc.checkpoint import Checkpoint, save_checkpoint
-    from uvc.cost import macs, params
-    from uvc.plot import plot_architecture
-    from uvc.runlog import SummaryRow, summary_table
+    from uvc.arch.cost import macs, params
+    from uvc.arch.plot import plot_architecture
+    from uvc.files.checkpoint import Checkpoint, save_checkpoint
+    from uvc.train.runlog import SummaryRow, summary_table
 
     rows = [
         SummaryRow("uncompressed", teacher_acc, macs(original), params(original)),
@@ -360,6 +362,6 @@ def _finish(
 
 
 def _spec_of(target: str) -> ViTSpec:
-    from uvc.source import resolve_spec
+    from uvc.files.source import resolve_spec
 
     return resolve_spec(target)
