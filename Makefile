@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format bench gpu-check docker-lint clean
+.PHONY: help install demo test lint format layout bench gpu-check docker-lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP)  ## lint, format check and the CPU test suite
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+layout: $(STAMP)  ## the package's layers, their sizes, and any upward import or import circle
+	$(BIN)/python -m tests.test_layout
 
 bench: $(STAMP)  ## reference benchmark on this machine -> bench/results/
 	$(BIN)/python -m uvc.bench.reference --out bench/results
