@@ -214,3 +214,59 @@ def onnx_logits(path: Path, images: Tensor, threads: int | None = None) -> Tenso
         (y,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x})
         out.append(torch.from_numpy(np.asarray(y, dtype=np.float32)))
     return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What ``quantize_model`` wrote and measured.
+
+    Args:
+        path: the INT8 graph.
+        accuracy: its check against the FP32 model on the held-out images.
+        details: the ``quantization`` section an export would write (data split, what stays FP32,
+            calibration method, timings).
+    """
+
+    path: Path
+    accuracy: AccuracyCheck
+    details: dict[str, Any]
+
+
+def quantize_model(
+    model: torch.nn.Module,
+    path: Path,
+    calib_data: str | Path,
+    cfg: QuantConfig | None = None,
+    opset: int = 17,
+) -> QuantizeResult:
+    """Write ``model``'s ONNX Runtime INT8 graph to ``path``, checked on held-out images.
+
+    Everything is built in a temporary folder beside ``path``; ``path`` is written only when the
+    accuracy check passed.
+
+    Raises:
+        DataError: bad calibration data (checked first); QuantizationUnavailable: ONNX Runtime
+            too old; AccuracyDropError: the drop exceeds ``cfg.max_drop``.
+    """
+    import os
+    import tempfile
+
+    from uvc.export.onnx import check_onnx, export_onnx
+
+    cfg = cfg or QuantConfig()
+    if cfg.trt_modes or not cfg.int8:
+        raise ValueError("quantize_model writes the ONNX Runtime INT8 graph only (int8=True)")
+    quant_preflight(cfg, trt=False)
+    plan = calibration_plan(cfg, calib_data, model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.tmp-", dir=path.parent) as work:
+        tmp = Path(work)
+        onnx_path = export_onnx(model, tmp / "model.onnx", opset=opset)
+        check_onnx(onnx_path, opset)
+        summary: dict[str, Any] = {"artifacts": {}, "validation": {}}
+        write_quantized(cfg, model, plan, onnx_path, tmp, summary)
+        os.replace(tmp / INT8_ONNX, path)
+    check = summary["validation"]["int8_onnx"]
+    accuracy = AccuracyCheck(**{**check, "drop_ci": tuple(check["drop_ci"])})
+    return QuantizeResult(path, accuracy, summary["quantization"])
