@@ -85,7 +85,13 @@ class Int8Options:
     quantize_head: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", CalibMethod(self.method))
+        try:
+            object.__setattr__(self, "method", CalibMethod(self.method))
+        except ValueError:
+            names = ", ".join(m.value for m in CalibMethod)
+            raise ValueError(
+                f"calibration method must be one of {names}, got {self.method!r}"
+            ) from None
         if not 90.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (90, 100], got {self.percentile}")
 
