@@ -110,7 +110,7 @@ def quantize(
             out; a single tree is split) or ``"digits"``; its classes must be the model's.
         calib_images: calibration images.
         val_images: held-out images compared (None: all, at most 1000; at least 100).
-        method: ``percentile`` (99.999 % of |x|), ``entropy`` or ``minmax``.
+        method: ``percentile`` (99.999 % of |x|) or ``minmax``.
         max_drop: the largest top-1 drop (points) allowed on the held-out images.
         quantize_head: also quantize the classifier head (kept FP32 by default).
 

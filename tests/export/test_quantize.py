@@ -220,6 +220,7 @@ def test_export_int8_beyond_the_drop_bound_exits_1_and_writes_nothing(
         (["--int8", "--calib-data", "WRONG", "--calib-images", "999"], "has 3 classes"),
         (["--int8", "--calib-data", "FEW", "--calib-images", "999"], "999 were asked"),
         (["--trt-quant", "int4", "--calib-data", "digits"], "cannot parse 'int4'"),
+        (["--calib-images", "8", "--calib-data", "digits"], "only apply with --int8"),
     ],
 )
 def test_export_int8_bad_input_is_one_line_exit_2(

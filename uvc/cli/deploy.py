@@ -116,7 +116,7 @@ def inspect(target: str, as_json: bool) -> None:
 )
 @click.option(
     "--calib-method",
-    type=click.Choice(["percentile", "entropy", "minmax"]),
+    type=click.Choice(["percentile", "minmax"]),
     default="percentile",
     show_default=True,
     help="How --int8 takes activation ranges (percentile: 99.999% of |x|, robust to outliers).",
@@ -154,6 +154,8 @@ def export_cmd(model: str, out: str, **opts: Any) -> None:
 def _quant_config(opts: dict[str, Any]) -> Any:
     """The ``QuantConfig`` of the quantization options (removed from ``opts``), None without
     --int8/--trt-quant."""
+    from uvc.cli.app import given_options
+    from uvc.errors import UvcError
     from uvc.export.quant_export import QuantConfig
     from uvc.export.quantize import Int8Options
     from uvc.export.trt_quant import TrtQuantMode
@@ -162,6 +164,10 @@ def _quant_config(opts: dict[str, Any]) -> Any:
     names = ("calib_images", "int8_val_images", "calib_method", "max_int8_drop")
     calib_images, val_images, method, max_drop = (opts.pop(n) for n in names)
     if not int8 and not trt_quant:
+        stray = [n for n in given_options(click.get_current_context()) if n in names]
+        if stray:
+            flags = ", ".join("--" + n.replace("_", "-") for n in stray)
+            raise UvcError(f"{flags} only apply with --int8 or --trt-quant")
         return None
     return QuantConfig(
         int8=int8,
