@@ -11,16 +11,18 @@ What is quantized, and what stays FP32 (each choice measured on the CIFAR-10 ViT
   QuantizeLinear, their weights are stored as INT8 with a DequantizeLinear;
 - MatMul *outputs* are not re-quantized (``OpTypesToExcludeOutputQuantization``): ONNX Runtime
   then fuses Q -> MatMul -> float into ``MatMulIntegerToFloat`` instead of ``QLinearMatMul`` + a
-  DequantizeLinear per layer, which was twice as fast on DeiT-Tiny and loses no accuracy;
-- FP32: the two activation x activation products of attention (q.k^T and attn.v: slower and
-  less exact in INT8 here), LayerNorm and Softmax (never handed to the quantizer: they
+  DequantizeLinear per layer: in ONNX Runtime's profile of DeiT-Tiny at batch 8 the graph took
+  123 ms this way and 198 ms with re-quantized outputs (7% on the CIFAR ViT), no less exact;
+- FP32: the two activation x activation products of attention (q.k^T and attn.v: 10% slower in
+  INT8 here, no more accurate), LayerNorm and Softmax (never handed to the quantizer: they
   normalise over a whole row, where one 8-bit step is a large error), the classifier head (its
-  logits decide top-1 directly; one small GEMM, no measurable speed to gain) and the
-  patch-embedding Conv (one small op).
+  error goes straight into the logits; ``quantize_head`` turns it on) and the patch-embedding
+  Conv (one small op).
 
-The graph is built from the plain ``model.onnx``, not the fused ``model.opt.onnx``: ONNX Runtime's
-QDQ quantizer has no rule for the fused ``Attention`` op, so its q/k/v projection would stay FP32,
-and the plain graph was as fast (see README).
+The graph is built from the plain ``model.onnx``, which every export has: ONNX Runtime's QDQ
+quantizer has no rule for the fused ``Attention`` op of ``model.opt.onnx``, so there the q/k/v
+projections stay FP32; that graph was 5% faster on the CIFAR ViT but exists only with
+``--optimize cpu`` (``python -m uvc.bench.int8_choices`` measures both).
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ def _ort_method(method: CalibMethod) -> Any:
 def _extra_options(options: Int8Options) -> dict[str, Any]:
     extra: dict[str, Any] = {
         # Q -> MatMul -> float fuses into MatMulIntegerToFloat; re-quantizing every MatMul output
-        # (QLinearMatMul + DequantizeLinear) was twice as slow on DeiT-Tiny.
+        # (QLinearMatMul + DequantizeLinear) was slower (see the module docstring).
         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
         # One scale per output channel of a (K, N) MatMul weight.
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
