@@ -26,7 +26,7 @@ from uvc.export.calibration import load_calibration, plan_calibration
 from uvc.export.onnx import export_onnx
 from uvc.export.optimize import optimize_for_cpu
 from uvc.export.quant_export import onnx_logits
-from uvc.export.quantize import _Reader
+from uvc.export.quantize import CalibrationReader
 
 from uvc.source import load_model
 
@@ -76,7 +76,7 @@ def _quantize(src: Path, dst: Path, calib: torch.Tensor, variant: tuple) -> None
         quantize_static(
             str(pre),
             str(dst),
-            _Reader(calib),
+            CalibrationReader(calib),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Gemm"],
             nodes_to_exclude=_fp32_names(pre, kinds),

@@ -35,12 +35,14 @@ from uvc.export.artifacts import (
     usual_permissions,
     write_json,
 )
+from uvc.export.calibration import CalibrationPlan
 
 # Loading the model to export lives in ``loading``; re-exported here.
 from uvc.export.loading import _keep_of, _read_torch_file, load_export_model  # noqa: F401
 from uvc.export.onnx import MIN_OPSET, Exporter
 from uvc.export.optimize import OptimizeTarget
 from uvc.export.quant_export import QuantConfig, calibration_plan, quant_preflight
+from uvc.export.tensorrt import TrtBuildConfig
 from uvc.export.validate import ValidationReport
 
 from uvc.errors import ExportError, ValidationError
@@ -199,7 +201,11 @@ def export_model(cfg: ExportConfig) -> ExportResult:
 
 
 def _export_into(
-    cfg: ExportConfig, model: torch.nn.Module, source: str, tmp: Path, plan: Any = None
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    source: str,
+    tmp: Path,
+    plan: CalibrationPlan | None = None,
 ) -> dict[str, Any]:
     """Write every artifact ``cfg`` asks for into ``tmp``, in order; returns ``export.json``."""
     from uvc.export.validate import validation_inputs
@@ -372,7 +378,7 @@ def _write_engine(
     summary["validation"]["tensorrt"] = report.to_dict()
 
 
-def _trt_config(cfg: ExportConfig) -> Any:
+def _trt_config(cfg: ExportConfig) -> TrtBuildConfig:
     """The ``TrtBuildConfig`` of ``cfg``'s engine options."""
     from uvc.export.tensorrt import TrtBuildConfig
 

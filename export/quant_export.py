@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,6 +27,9 @@ from uvc.export.calibration import CalibrationPlan, load_calibration
 from uvc.export.quantize import INT8_ONNX, Int8Options, quantize_int8, require_ort_quantization
 from uvc.export.trt_quant import TrtQuantMode
 from uvc.export.validate import AccuracyCheck, accuracy_check
+
+if TYPE_CHECKING:
+    from uvc.export.tensorrt import TrtBuildConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def write_quantized(
     onnx_path: Path,
     tmp: Path,
     summary: dict[str, Any],
-    engine_config: Any = None,
+    engine_config: TrtBuildConfig | None = None,
 ) -> None:
     """Write the quantized artifacts of ``onnx_path`` into ``tmp``, each checked for accuracy.
 
@@ -164,7 +167,7 @@ def _checker(
 
 
 def _build_engine(
-    qdq: Path, engine: Path, mode: TrtQuantMode, base: Any, summary: dict[str, Any]
+    qdq: Path, engine: Path, mode: TrtQuantMode, base: TrtBuildConfig, summary: dict[str, Any]
 ) -> Callable[[Tensor], Tensor]:
     """Build the engine of one ModelOpt graph; returns a function running it on images."""
     import dataclasses

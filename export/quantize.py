@@ -205,7 +205,7 @@ def quantize_int8(
                 quantize_static(
                     str(pre),
                     str(Path(work) / "int8.onnx"),
-                    _Reader(calib),
+                    CalibrationReader(calib),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["MatMul", "Gemm"],
                     nodes_to_exclude=sorted(fp32),
@@ -282,7 +282,7 @@ def _extra_options(options: Int8Options) -> dict[str, Any]:
     return extra
 
 
-class _Reader:
+class CalibrationReader:
     """ONNX Runtime's ``CalibrationDataReader`` protocol over a tensor of images."""
 
     def __init__(self, images: Tensor, batch: int = CALIB_BATCH) -> None:
