@@ -102,8 +102,25 @@ def open_runner(bm: BenchModel, config: BenchConfig, backend: Backend, workdir: 
     return TrtEngineRunner(bm.engine, bm.input_shape, rc)
 
 
-def _backend_label(backend: Backend, bm: BenchModel, runner: Runner | None) -> str:
-    """``ort+opt`` when ONNX Runtime runs ``model.opt.onnx``: rows pair only like with like."""
+def open_int8_runner(bm: BenchModel, config: BenchConfig, backend: Backend) -> Runner:
+    """A (not yet entered) ONNX Runtime CPU runner of ``bm``'s ``model.int8.onnx``."""
+    if bm.onnx_int8 is None or not _runs_int8(config, backend):
+        raise BackendUnavailable(f"{bm.label} has no model.int8.onnx for {backend.value}")
+    rc = config.runner_config(backend)
+    return OrtRunner(bm.onnx_int8, bm.input_shape, rc, batch_sizes=config.batch_sizes)
+
+
+def _runs_int8(config: BenchConfig, backend: Backend) -> bool:
+    """Whether ``backend`` gets ``ort+int8`` rows: ONNX Runtime's CPU provider, FP32 run."""
+    rc = config.runner_config(backend)
+    return backend is Backend.ORT and not rc.on_cuda and rc.precision is Precision.FP32
+
+
+def _backend_label(backend: Backend, bm: BenchModel, runner: Runner | None, int8: bool) -> str:
+    """``ort+opt`` when ONNX Runtime runs ``model.opt.onnx``, ``ort+int8`` on ``model.int8.onnx``:
+    rows pair only like with like (INT8 rows pair with the baseline's FP32 ONNX Runtime rows)."""
+    if int8:
+        return backend.value + "+int8"
     on_opt = runner is not None and getattr(runner, "onnx_path", None) == bm.onnx_opt
     return backend.value + ("+opt" if on_opt and bm.onnx_opt is not None else "")
 
@@ -186,15 +203,25 @@ def _run_backend(
     workdir: Path,
     baseline: str | None = None,
 ) -> list[Row]:
-    """All rows of one backend: open runners, then per batch size time the models round-robin."""
-    rows: dict[tuple[str, int], Row] = {}
-    runners: list[tuple[BenchModel, Runner]] = []
-    for bm in models:
+    """All rows of one backend: open runners, then per batch size time the models round-robin.
+
+    A model with ``model.int8.onnx`` gets a second runner on ONNX Runtime's CPU provider, timed
+    in the same rounds as every FP32 runner (its rows say ``ort+int8``).
+    """
+    entries = [(bm, False) for bm in models]
+    if _runs_int8(config, backend):
+        entries += [(bm, True) for bm in models if bm.onnx_int8 is not None]
+    rows: dict[tuple[int, int], Row] = {}
+    runners: list[tuple[int, BenchModel, Runner]] = []
+    for k, (bm, int8) in enumerate(entries):
         spec = bm.model.spec
         try:
-            runner = open_runner(bm, config, backend, workdir)
+            if int8:
+                runner = open_int8_runner(bm, config, backend)
+            else:
+                runner = open_runner(bm, config, backend, workdir)
             runner.__enter__()
-            runners.append((bm, runner))
+            runners.append((k, bm, runner))
             status = "ok"
         except BackendUnavailable as exc:
             status = f"skipped: {exc}"
@@ -203,9 +230,9 @@ def _run_backend(
             log.exception("%s on %s failed to open", backend.value, bm.label)
             status, runner = f"failed: {type(exc).__name__}: {exc}", None
         for b in config.batch_sizes:
-            rows[(bm.label, b)] = Row(
+            rows[(k, b)] = Row(
                 bm.label,
-                _backend_label(backend, bm, runner),
+                _backend_label(backend, bm, runner, int8),
                 b,
                 status,
                 macs(spec),
@@ -220,33 +247,33 @@ def _run_backend(
     try:
         for b in config.batch_sizes:
             live = []
-            for bm, runner in runners:
-                row = rows[(bm.label, b)]
+            for k, bm, runner in runners:
+                row = rows[(k, b)]
                 try:
                     row.prepare_s = runner.prepare(b)
                     x = runner.make_input(b, seed=b)
                     row.max_abs_diff = _max_diff(bm.model, runner, x)
                     take_samples(lambda r=runner, x=x: r.infer(x), 0, watch, config.timing.warmup)
-                    live.append((bm, runner, x, []))
+                    live.append((row, runner, x, []))
                 except BackendUnavailable as exc:  # e.g. a batch outside a TensorRT profile
                     row.status = f"skipped: {exc}"
                 except Exception as exc:
                     log.exception("%s on %s, batch %d failed", backend.value, bm.label, b)
                     row.status = f"failed: {type(exc).__name__}: {exc}"
             n_rounds = _time_rounds(live, config.timing, watch, baseline)
-            for bm, _runner, _x, samples in live:
-                label = f"{bm.label}/{backend.value}/b{b}"
-                rows[(bm.label, b)].summary = summarize(
+            for row, _runner, _x, samples in live:
+                label = f"{row.model}/{row.backend}/b{b}"
+                row.summary = summarize(
                     samples, b, label, rounds=n_rounds, statistic=config.timing.statistic
                 )
     finally:
-        for _bm, runner in runners:
+        for _k, _bm, runner in runners:
             runner.__exit__(None, None, None)
     return list(rows.values())
 
 
 def _time_rounds(live: list[Any], timing: TimingConfig, watch: Stopwatch, baseline: str) -> int:
-    """Round-robin passes over ``live`` (bm, runner, x, samples); returns how many were run.
+    """Round-robin passes over ``live`` (row, runner, x, samples); returns how many were run.
 
     ``timing.rounds`` passes, then, with ``timing.until_ci``, more until every model's paired
     speedup interval against ``baseline`` is narrow enough or ``timing.ci_time_s`` has passed.
@@ -257,7 +284,7 @@ def _time_rounds(live: list[Any], timing: TimingConfig, watch: Stopwatch, baseli
     done = 0
     while True:
         r = done % len(live)
-        for _bm, runner, x, samples in live[r:] + live[:r]:
+        for _row, runner, x, samples in live[r:] + live[:r]:
             fn = lambda runner=runner, x=x: runner.infer(x)  # noqa: E731
             samples += take_samples(fn, timing.reps, watch, timing.warmup_per_round)
         done += 1
@@ -273,16 +300,21 @@ def _time_rounds(live: list[Any], timing: TimingConfig, watch: Stopwatch, baseli
 def _widest_interval(
     live: list[Any], rounds: int, baseline: str, statistic: str = "median"
 ) -> float | None:
-    """The widest relative 95% interval of any model's paired speedup (None: no baseline)."""
-    base = next((s for bm, _r, _x, s in live if bm.label == baseline), None)
+    """The widest relative 95% interval of any row's paired speedup against the baseline's FP32
+    row (None: no baseline)."""
+    base = next((s for row, _r, _x, s in live if _is_base(row, baseline)), None)
     if base is None:
         return None
     widths = [
         paired_speedup(base, rounds, s, rounds, statistic).rel_width
-        for bm, _r, _x, s in live
-        if bm.label != baseline
+        for row, _r, _x, s in live
+        if not _is_base(row, baseline)
     ]
     return max(widths, default=None)
+
+
+def _is_base(row: Row, baseline: str) -> bool:
+    return row.model == baseline and not row.backend.endswith("+int8")
 
 
 def _max_diff(model: ViT, runner: Runner, x: torch.Tensor) -> float:

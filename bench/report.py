@@ -90,11 +90,14 @@ def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
 
     speedup = median over rounds of (baseline round median / row round median), same backend and
     batch, with its bootstrap 95% interval; MACs reduction = baseline MACs / row MACs;
-    efficiency = speedup / MACs reduction (its interval scaled alike).
+    efficiency = speedup / MACs reduction (its interval scaled alike). An INT8 row
+    (``ort+int8``) is paired with the baseline's FP32 row of its backend (``ort``, or
+    ``ort+opt`` where the baseline ran its fused graph): its speedup is what INT8 gains over the
+    FP32 baseline, the baseline's own INT8 row included.
     """
     ref = {(r.backend, r.batch): r for r in rows if r.model == baseline}
     for r in rows:
-        b = ref.get((r.backend, r.batch))
+        b = ref.get((reference_backend(r.backend, ref, r.batch), r.batch))
         if b is None or r.summary is None or b.summary is None or not r.ok or not b.ok:
             continue
         bs, rs = b.summary, r.summary
@@ -106,8 +109,21 @@ def fill_efficiency(rows: Sequence[Row], baseline: str) -> None:
         r.efficiency = r.efficiency_ci.value
 
 
+def reference_backend(backend: str, ref: dict[tuple[str, int], Row], batch: int) -> str:
+    """The baseline backend label a row of ``backend`` is paired with (see ``fill_efficiency``)."""
+    if not backend.endswith("+int8"):
+        return backend
+    fp32 = backend.removesuffix("+int8")
+    return fp32 if (fp32, batch) in ref else f"{fp32}+opt"
+
+
 def _compared(result: BenchResult) -> list[Row]:
-    return [r for r in result.rows if r.model != result.baseline and r.efficiency_ci is not None]
+    return [
+        r
+        for r in result.rows
+        if (r.model != result.baseline or r.backend.endswith("+int8"))
+        and r.efficiency_ci is not None
+    ]
 
 
 def row_verdict(row: Row, min_efficiency: float) -> Verdict:
@@ -197,7 +213,7 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
         noisy = "*" if s is not None and s.noisy else ""
         lines.append(
             [
-                r.model + (" (baseline)" if r.model == result.baseline else ""),
+                r.model + (" (baseline)" if _is_baseline_row(r, result.baseline) else ""),
                 r.backend,
                 str(r.batch),
                 "-" if s is None else f"{s.median_ms:.2f}{noisy}",
@@ -240,6 +256,10 @@ def oversubscribed(environment: dict[str, Any]) -> str | None:
         "long calls are preempted more often than short ones, which biases ratios of medians "
         "(re-run on a quiet machine, or with --statistic min)."
     )
+
+
+def _is_baseline_row(row: Row, baseline: str) -> bool:
+    return row.model == baseline and not row.backend.endswith("+int8")
 
 
 def _ci(value: float | None, ci: Interval | None) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 from uvc.arch.model import ViT
 from uvc.errors import BackendUnavailable, UvcError
 
+INT8_ONNX = "model.int8.onnx"  # uvc.export.quantize writes it (bench must import without export)
+
 
 @dataclass
 class BenchModel:
@@ -28,6 +30,8 @@ class BenchModel:
         load_s: seconds to load the model; export_s: seconds spent exporting ONNX here.
         onnx_opt: ``model.opt.onnx`` (``uvc export --optimize cpu``): ONNX Runtime on the CPU in
             FP32 runs it instead of ``onnx`` and its rows say ``ort+opt``.
+        onnx_int8: ``model.int8.onnx`` (``uvc export --int8``): ONNX Runtime on the CPU runs it
+            as extra rows, ``ort+int8``, paired against the baseline's FP32 rows.
     """
 
     label: str
@@ -38,6 +42,7 @@ class BenchModel:
     load_s: float = 0.0
     export_s: float | None = None
     onnx_opt: Path | None = None
+    onnx_int8: Path | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -60,7 +65,7 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
             model = load_model(spec, weights if weights is not None else None)
         else:
             raise UvcError(f"{path} is a folder without model.pt or spec.json (not an export)")
-        names = ("model.onnx", "model.fp16.onnx", "model.engine", "model.opt.onnx")
+        names = ("model.onnx", "model.fp16.onnx", "model.engine", "model.opt.onnx", INT8_ONNX)
         found = {n: path / n for n in names}
         found = {n: p if p.is_file() else None for n, p in found.items()}
         bm = BenchModel(
@@ -70,6 +75,7 @@ def load_target(target: str | Path, weights: str | Path | None = None) -> BenchM
             found["model.fp16.onnx"],
             found["model.engine"],
             onnx_opt=found["model.opt.onnx"],
+            onnx_int8=found[INT8_ONNX],
         )
     else:
         bm = BenchModel(str(target), load_model(target, weights))

@@ -124,3 +124,24 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries an export depends on (tensorrt None where absent)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    out: dict[str, str | None] = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tensorrt": None,
+    }
+    try:
+        import tensorrt
+
+        out["tensorrt"] = str(tensorrt.__version__)
+    except ImportError:
+        pass
+    return out

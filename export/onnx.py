@@ -306,3 +306,41 @@ def validate_onnx(
     if atol is not None:
         require_tolerance(report, atol)
     return report
+
+
+class OnnxClassifier(torch.nn.Module):
+    """An exported graph (``model.onnx``, ``model.int8.onnx``, ...) run by ONNX Runtime on the CPU,
+    wrapped as a module so that code scoring PyTorch models (``uvc eval``) scores it alike.
+
+    Args:
+        path: the graph (input ``images``, output ``logits``).
+        spec: the model's spec (its image size and preprocessing decide how images are fed).
+        threads: ONNX Runtime intra-op threads (None: its default).
+    """
+
+    def __init__(self, path: str | Path, spec: object, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.spec = spec
+        self.threads = threads
+        self._session = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, classes), float32 on ``x``'s device."""
+        if self._session is None:
+            self._session = ort_session(self.path, self.threads)
+        feed = x.detach().to("cpu", torch.float32).numpy()
+        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: feed})
+        return torch.from_numpy(out).float().to(x.device)
+
+
+def simplify_onnx(path: Path) -> None:
+    """Simplify the ONNX file at ``path`` in place with onnxslim (``uvc[simplify]``)."""
+    try:
+        import onnxslim
+    except ImportError:
+        raise ExportError("--simplify needs onnxslim: pip install 'uvc[simplify]'") from None
+    try:
+        onnxslim.slim(str(path), str(path))
+    except Exception as exc:  # onnxslim raises many types
+        raise ExportError(f"onnxslim failed on {path.name}: {exc}") from exc

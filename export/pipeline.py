@@ -11,6 +11,9 @@ Output folder:
     model.fp16.onnx   FP16 graph (LayerNorm/Softmax/reductions in FP32), with --fp16
     model.opt.onnx    FP32 graph with ONNX Runtime's CPU fusions, with --optimize cpu
     model.engine      TensorRT engine (FP16 with --fp16), with --trt
+    model.int8.onnx   INT8 QDQ graph for ONNX Runtime on CPUs, with --int8 (uvc.export.quant_export)
+    model.trt.int8.onnx / model.trt.fp8.onnx (+ model.int8.engine / model.fp8.engine with --trt)
+                      ModelOpt QDQ graphs for TensorRT, with --trt-quant int8|fp8
     export.json       what was exported, library versions, validation figures, build times
 """
 
@@ -26,19 +29,23 @@ from typing import Any
 import torch
 from uvc.export.artifacts import (
     check_out,
+    library_versions,
     make_staging,
     move_into_place,
     usual_permissions,
     write_json,
 )
+from uvc.export.calibration import CalibrationPlan
 
 # Loading the model to export lives in ``loading``; re-exported here.
 from uvc.export.loading import _keep_of, _read_torch_file, load_export_model  # noqa: F401
-from uvc.export.onnx import MIN_OPSET, Exporter
+from uvc.export.onnx import MIN_OPSET, Exporter, simplify_onnx
 from uvc.export.optimize import OptimizeTarget
-from uvc.export.validate import ValidationReport
+from uvc.export.quant_export import QuantConfig, calibration_plan, quant_preflight
+from uvc.export.tensorrt import TrtBuildConfig
+from uvc.export.validate import require_cosine
 
-from uvc.errors import ExportError, ValidationError
+from uvc.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class ExportConfig:
         optimize: also write ``model.opt.onnx``, optimized for this target (``cpu``: ONNX
             Runtime's transformer fusions), checked and validated within ``atol``.
         skip_layer_norm: with ``optimize``, also fuse SkipLayerNormalization.
+        quant: quantized artifacts (INT8 for ONNX Runtime, ModelOpt INT8/FP8 for TensorRT),
+            calibrated on and checked against ``calib_data`` (required then).
     """
 
     model: str
@@ -102,6 +111,7 @@ class ExportConfig:
     timing_cache: Path | None = None
     optimize: OptimizeTarget = OptimizeTarget.NONE
     skip_layer_norm: bool = False
+    quant: QuantConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -137,6 +147,10 @@ class ExportConfig:
             raise ExportConfigError("--optimize writes an ONNX graph: drop --no-onnx")
         if self.skip_layer_norm and self.optimize is OptimizeTarget.NONE:
             raise ExportConfigError("--skip-layer-norm is a fusion of --optimize cpu")
+        if self.quant is not None and (self.calib_data is None or not self.onnx):
+            raise ExportConfigError(
+                "--int8/--trt-quant calibrate on real images: give --calib-data (and keep ONNX)"
+            )
         if not 0 < self.fp16_min_cosine <= 1:
             raise ExportConfigError(
                 f"fp16_min_cosine must be in (0, 1], got {self.fp16_min_cosine}"
@@ -167,11 +181,15 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         # Fail before any work when the engine cannot be built here.
         require_tensorrt()
         require_cuda()
+    if cfg.quant is not None:
+        quant_preflight(cfg.quant, trt=cfg.trt)
     check_out(cfg.out)
     model, source = load_export_model(cfg.model, cfg.weights)
+    # Bad calibration data (classes, too few images) is refused before any work.
+    plan = None if cfg.quant is None else calibration_plan(cfg.quant, cfg.calib_data, model)
     tmp = make_staging(cfg.out)
     try:
-        summary = _export_into(cfg, model, source, tmp)
+        summary = _export_into(cfg, model, source, tmp, plan)
         write_json(tmp / "export.json", summary)
         usual_permissions(tmp)
         files = tuple(sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")))
@@ -183,7 +201,11 @@ def export_model(cfg: ExportConfig) -> ExportResult:
 
 
 def _export_into(
-    cfg: ExportConfig, model: torch.nn.Module, source: str, tmp: Path
+    cfg: ExportConfig,
+    model: torch.nn.Module,
+    source: str,
+    tmp: Path,
+    plan: CalibrationPlan | None = None,
 ) -> dict[str, Any]:
     """Write every artifact ``cfg`` asks for into ``tmp``, in order; returns ``export.json``."""
     from uvc.export.validate import validation_inputs
@@ -207,6 +229,11 @@ def _export_into(
         fp16_path = _write_fp16_onnx(cfg, model, onnx_path, tmp, inputs, summary)
     if cfg.trt:
         _write_engine(cfg, model, onnx_path, fp16_path, tmp, summary)
+    if cfg.quant is not None:
+        from uvc.export.quant_export import write_quantized
+
+        engines = _trt_config(cfg) if cfg.trt else None
+        write_quantized(cfg.quant, model, plan, onnx_path, tmp, summary, engines)
     return summary
 
 
@@ -226,7 +253,7 @@ def _summary_head(cfg: ExportConfig, model: torch.nn.Module, source: str) -> dic
         "output": {"name": "logits", "shape": ["batch", spec.num_classes]},
         "batch_range": [cfg.min_batch, cfg.opt_batch, cfg.max_batch],
         "atol": cfg.atol,
-        "versions": _versions(),
+        "versions": library_versions(),
         "artifacts": {},
         "validation": {},
     }
@@ -262,7 +289,7 @@ def _write_onnx(
     start = time.perf_counter()
     export_onnx(model, onnx_path, opset=cfg.opset, exporter=cfg.exporter)
     if cfg.simplify:
-        _simplify(onnx_path)
+        simplify_onnx(onnx_path)
     check_onnx(onnx_path, cfg.opset)
     summary["onnx"] = {
         "file": "model.onnx",
@@ -316,7 +343,7 @@ def _write_fp16_onnx(
     summary["artifacts"]["onnx_fp16"] = "model.fp16.onnx"
     summary["fp16"] = {"fp32_ops": sorted(KEEP_FP32_OPS)}
     report = validate_onnx(model, fp16_path, inputs, name="model.fp16.onnx")
-    _require_cosine(report, cfg.fp16_min_cosine)
+    require_cosine(report, cfg.fp16_min_cosine)
     summary["validation"]["onnx_fp16"] = report.to_dict()
     return fp16_path
 
@@ -330,19 +357,10 @@ def _write_engine(
     summary: dict[str, Any],
 ) -> None:
     """``model.engine`` (``--trt``): built, then validated over the profile's batch sizes."""
-    from uvc.export.tensorrt import TrtBuildConfig, build_engine, validate_engine
+    from uvc.export.tensorrt import build_engine, validate_engine
     from uvc.export.validate import validation_inputs
 
-    trt_cfg = TrtBuildConfig(
-        min_batch=cfg.min_batch,
-        opt_batch=cfg.opt_batch,
-        max_batch=cfg.max_batch,
-        fp16=cfg.fp16,
-        tf32=cfg.tf32,
-        workspace_mib=cfg.workspace_mib,
-        timing_cache=cfg.timing_cache,
-    )
-    built = build_engine(onnx_path, tmp / "model.engine", trt_cfg, fp16_onnx=fp16_path)
+    built = build_engine(onnx_path, tmp / "model.engine", _trt_config(cfg), fp16_onnx=fp16_path)
     summary["tensorrt"] = built.to_dict()
     summary["artifacts"]["engine"] = "model.engine"
     spec = model.spec
@@ -356,45 +374,20 @@ def _write_engine(
         model, tmp / "model.engine", trt_inputs, atol=cfg.atol if exact else None
     )
     if not exact:
-        _require_cosine(report, cfg.fp16_min_cosine)
+        require_cosine(report, cfg.fp16_min_cosine)
     summary["validation"]["tensorrt"] = report.to_dict()
 
 
-def _require_cosine(report: ValidationReport, min_cosine: float) -> None:
-    """Reduced-precision outputs: no NaN/inf, and logit vectors point the same way as PyTorch's."""
-    if not report.min_cosine >= min_cosine:
-        raise ValidationError(
-            f"{report.name} ({report.runtime}) disagrees with PyTorch FP32: min cosine similarity "
-            f"{report.min_cosine:.4f} < {min_cosine} (max |Δ| {report.max_abs:.3g}, top-1 "
-            f"agreement {report.top1:.3f})"
-        )
+def _trt_config(cfg: ExportConfig) -> TrtBuildConfig:
+    """The ``TrtBuildConfig`` of ``cfg``'s engine options."""
+    from uvc.export.tensorrt import TrtBuildConfig
 
-
-def _simplify(path: Path) -> None:
-    try:
-        import onnxslim
-    except ImportError:
-        raise ExportError("--simplify needs onnxslim: pip install 'uvc[simplify]'") from None
-    try:
-        onnxslim.slim(str(path), str(path))
-    except Exception as exc:  # onnxslim raises many types
-        raise ExportError(f"onnxslim failed on {path.name}: {exc}") from exc
-
-
-def _versions() -> dict[str, str | None]:
-    import onnx
-    import onnxruntime
-
-    out: dict[str, str | None] = {
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "tensorrt": None,
-    }
-    try:
-        import tensorrt
-
-        out["tensorrt"] = str(tensorrt.__version__)
-    except ImportError:
-        pass
-    return out
+    return TrtBuildConfig(
+        min_batch=cfg.min_batch,
+        opt_batch=cfg.opt_batch,  # type: ignore[arg-type]  # set in __post_init__
+        max_batch=cfg.max_batch,
+        fp16=cfg.fp16,
+        tf32=cfg.tf32,
+        workspace_mib=cfg.workspace_mib,
+        timing_cache=cfg.timing_cache,
+    )

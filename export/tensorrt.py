@@ -87,6 +87,10 @@ class TrtBuildConfig:
             (TensorRT enables TF32 unless the flag is cleared).
         workspace_mib: the builder's scratch-memory limit.
         timing_cache: a file reused across builds (read if present, updated after the build).
+        quantized: ``"int8"`` or ``"fp8"`` when the ONNX graph is a Q/DQ graph
+            (``uvc.export.trt_quant``): TensorRT 10 needs the INT8 (and FP8) flag to take its
+            Q/DQ nodes, plus FP16 for the layers ModelOpt left in FP16; TensorRT 11 is strongly
+            typed and reads it all from the graph.
     """
 
     min_batch: int = 1
@@ -96,8 +100,11 @@ class TrtBuildConfig:
     tf32: bool = False
     workspace_mib: int = 4096
     timing_cache: Path | None = None
+    quantized: str | None = None
 
     def __post_init__(self) -> None:
+        if self.quantized not in (None, "int8", "fp8"):
+            raise ValueError(f"quantized must be None, 'int8' or 'fp8', got {self.quantized!r}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError(
                 "batch range must satisfy 1 <= min <= opt <= max, got "
@@ -170,7 +177,7 @@ def build_engine(
     if cfg.timing_cache is not None:
         serialized = bytes(config.get_timing_cache().serialize())
         write_timing_cache(Path(cfg.timing_cache), serialized, str(trt.__version__))
-    precision = "fp16" if cfg.fp16 else ("tf32" if cfg.tf32 else "fp32")
+    precision = cfg.quantized or ("fp16" if cfg.fp16 else ("tf32" if cfg.tf32 else "fp32"))
     log.info(
         "built %s engine %s in %.1f s (TensorRT %s)",
         precision,
@@ -217,6 +224,11 @@ def _builder_config(
         config.clear_flag(trt.BuilderFlag.TF32)
     if cfg.fp16 and major < 11:
         config.set_flag(trt.BuilderFlag.FP16)
+    if cfg.quantized is not None and major < 11:
+        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ layers are INT8 (or FP8) only with it
+        config.set_flag(trt.BuilderFlag.FP16)
+        if cfg.quantized == "fp8":
+            config.set_flag(trt.BuilderFlag.FP8)
     if network.num_inputs != 1:
         raise ExportError(f"{source}: expected one input, the network has {network.num_inputs}")
     inp = network.get_input(0)  # its batch axis is dynamic (-1); the rest is fixed

@@ -160,3 +160,88 @@ def _load_images(
         raise DataError(f"--calib-data has {len(ds)} images, validation needs {n}")
     idx = torch.randperm(len(ds), generator=g)[:n].tolist()
     return torch.stack([ds[i][0] for i in idx])
+
+
+class AccuracyDropError(ValidationError):
+    """A quantized model loses more top-1 accuracy on held-out images than allowed."""
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """A reduced-precision artifact against the FP32 PyTorch model on labelled held-out images.
+
+    Args:
+        name, runtime: what was checked and what ran it.
+        images: held-out images compared.
+        top1_fp32, top1: top-1 accuracy (%) of the PyTorch FP32 model and of the artifact.
+        agreement: share (%) of images whose top-1 class is the same in both.
+        drop: ``top1_fp32 - top1`` in points; ``drop_ci`` its paired bootstrap 95% interval.
+        max_drop: the largest drop allowed.
+    """
+
+    name: str
+    runtime: str
+    images: int
+    top1_fp32: float
+    top1: float
+    agreement: float
+    drop: float
+    drop_ci: tuple[float, float]
+    max_drop: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``export.json``."""
+        out = asdict(self)
+        out["drop_ci"] = list(self.drop_ci)
+        return out
+
+
+def accuracy_check(
+    ref: Tensor,
+    out: Tensor,
+    labels: Tensor,
+    *,
+    name: str,
+    runtime: str,
+    max_drop: float,
+) -> AccuracyCheck:
+    """Top-1 agreement and accuracy drop of ``out`` against the FP32 logits ``ref``.
+
+    Raises:
+        AccuracyDropError: the drop exceeds ``max_drop`` points (or the outputs are not finite).
+    """
+    from uvc.train.accuracy import paired_difference
+
+    if ref.shape != out.shape or ref.shape[0] != labels.shape[0]:
+        raise ValidationError(f"{name}: output shape {tuple(out.shape)} != {tuple(ref.shape)}")
+    ok_ref = (ref.argmax(1) == labels).numpy()
+    ok_out = (out.argmax(1) == labels).numpy()
+    diff = paired_difference(ok_ref, ok_out)
+    check = AccuracyCheck(
+        name=name,
+        runtime=runtime,
+        images=int(labels.shape[0]),
+        top1_fp32=100.0 * float(ok_ref.mean()),
+        top1=100.0 * float(ok_out.mean()),
+        agreement=100.0 * float((ref.argmax(1) == out.argmax(1)).double().mean()),
+        drop=-diff.diff,
+        drop_ci=(-diff.hi, -diff.lo),
+        max_drop=max_drop,
+    )
+    if not bool(torch.isfinite(out).all()) or not check.drop <= max_drop:
+        raise AccuracyDropError(
+            f"{name} ({runtime}) loses {check.drop:.2f} top-1 points on {check.images} held-out "
+            f"images ({check.top1_fp32:.2f}% FP32 -> {check.top1:.2f}%, top-1 agreement "
+            f"{check.agreement:.1f}%) > --max-int8-drop {max_drop:g}"
+        )
+    return check
+
+
+def require_cosine(report: ValidationReport, min_cosine: float) -> None:
+    """Reduced-precision outputs: no NaN/inf, and logit vectors point the same way as PyTorch's."""
+    if not report.min_cosine >= min_cosine:
+        raise ValidationError(
+            f"{report.name} ({report.runtime}) disagrees with PyTorch FP32: min cosine similarity "
+            f"{report.min_cosine:.4f} < {min_cosine} (max |Δ| {report.max_abs:.3g}, top-1 "
+            f"agreement {report.top1:.3f})"
+        )

@@ -89,3 +89,22 @@ def test_compress_never_writes_into_a_users_folder(tmp_path: Path) -> None:
     uvc.compress(model, data, out=out, search_epochs=2, warmup_epochs=1, finetune_epochs=1,
                  progress=False)  # fmt: skip
     assert (out / "search.pt").is_file() and (out / "finetune.pt").is_file()
+
+
+def test_quantize_writes_a_checked_int8_graph(tmp_path: Path) -> None:
+    import onnx
+
+    from tests.helpers import tiny_spec
+
+    model = uvc.ViT(tiny_spec())
+    result = uvc.quantize(model, tmp_path / "m.int8.onnx", "digits", calib_images=16, max_drop=100)
+    assert result.path == tmp_path / "m.int8.onnx" and result.path.is_file()
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+    assert result.accuracy.images == 359 and result.details["int8"]["calibration"] == "percentile"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.int8.onnx"]
+    with pytest.raises(uvc.UvcError, match="calibrate and validate on images"):
+        uvc.quantize(uvc.ViT(tiny_spec(num_classes=5)), tmp_path / "x.onnx", "digits")
+    with pytest.raises(uvc.UvcError, match="percentile"):
+        uvc.quantize(model, tmp_path / "x.onnx", "digits", method="median")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.int8.onnx"]  # refusals wrote nothing

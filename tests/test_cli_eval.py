@@ -74,3 +74,18 @@ def test_eval_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path) -
         assert not out.exists()
     code, output = _run(a, "--data", tmp_path / "no-such-folder", "--json", out)
     assert code == 2 and "dataset folder not found" in output and not out.exists()
+
+
+def test_eval_scores_an_exported_graph_with_its_folders_preprocessing(tmp_path: Path) -> None:
+    from uvc.export.onnx import Exporter, export_onnx
+
+    _, model = _checkpoint(tmp_path / "exp" / "model.pt", 0)
+    export_onnx(model, tmp_path / "exp" / "model.onnx", exporter=Exporter.TORCHSCRIPT)
+    out = tmp_path / "eval.json"
+    code, output = _run(tmp_path / "exp", tmp_path / "exp" / "model.onnx", "--data", "digits",
+                        "--json", out)  # fmt: skip
+    assert code == 0, output
+    rows = json.loads(out.read_text())["models"]
+    # ONNX Runtime on the FP32 graph scores what PyTorch scores, image for image.
+    assert rows[0]["top1"] == rows[1]["top1"] and rows[1]["images"] == 359
+    assert rows[1]["vs_baseline"]["only_baseline"] + rows[1]["vs_baseline"]["only_this"] <= 1

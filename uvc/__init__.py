@@ -5,6 +5,7 @@ The Python API (the CLI is a thin shell over the same functions)::
     import uvc
     result = uvc.compress(model, train_loader, val_loader, budget=0.5)   # search + fine-tune
     uvc.export_onnx(result.model, "model.onnx")                          # validated ONNX
+    uvc.quantize(result.model, "model.int8.onnx", "data/")              # INT8, accuracy-checked
     uvc.cost(result.model).macs                                          # MACs, params
     uvc.save(result.model, "compressed.pt"); uvc.load("compressed.pt")
 
@@ -29,6 +30,7 @@ _LAZY = {
     "load": "uvc.tools",
     "save": "uvc.tools",
     "export_onnx": "uvc.tools",
+    "quantize": "uvc.tools",
     "benchmark": "uvc.tools",
     "from_module": "uvc.adapters",
     "materialize": "uvc.export.materialize",

@@ -1,4 +1,4 @@
-"""The package face's small tools: load, save, cost, export_onnx, benchmark.
+"""The package face's small tools: load, save, cost, export_onnx, quantize, benchmark.
 
 Thin, typed wrappers over the library (``uvc.files.source``, ``uvc.files.checkpoint``,
 ``uvc.arch.cost``,
@@ -96,6 +96,57 @@ def export_onnx(
                 f"{out}: ONNX Runtime differs from PyTorch by {report.max_abs:.2e} > {atol}"
             )
     return out
+
+
+def quantize(
+    model: nn.Module,
+    path: str | Path,
+    calib_data: str | Path,
+    *,
+    calib_images: int = 256,
+    val_images: int | None = None,
+    method: str = "percentile",
+    max_drop: float = 1.0,
+    quantize_head: bool = False,
+) -> Any:
+    """Write ``model``'s INT8 graph for ONNX Runtime on CPUs (``uvc export --int8``) to ``path``.
+
+    ONNX Runtime's static quantization (QDQ, per-channel INT8 weights, UINT8 activations),
+    calibrated on ``calib_images`` images of ``calib_data`` with the model's own preprocessing,
+    then checked against the FP32 model on held-out images of the same source.
+
+    Args:
+        model: a ``uvc`` ViT (or one ``as_vit`` converts).
+        path: the ``.onnx`` file to write (only once the check passed).
+        calib_data: an ImageFolder folder (``train/`` calibrates, ``val/``|``test/`` is held
+            out; a single tree is split) or ``"digits"``; its classes must be the model's.
+        calib_images: calibration images.
+        val_images: held-out images compared (None: all, at most 1000; at least 100).
+        method: ``percentile`` (99.999 % of |x|) or ``minmax``.
+        max_drop: the largest top-1 drop (points) allowed on the held-out images.
+        quantize_head: also quantize the classifier head (kept FP32 by default).
+
+    Returns:
+        ``uvc.export.quant_export.QuantizeResult``: ``.path``, ``.accuracy`` (top-1 FP32 and
+        INT8, agreement, drop with its 95% interval), ``.details``.
+
+    Raises:
+        DataError: bad calibration data; QuantizationUnavailable: ONNX Runtime too old;
+        AccuracyDropError: the drop exceeds ``max_drop`` (nothing written).
+    """
+    from uvc.export.quant_export import QuantConfig, quantize_model
+    from uvc.export.quantize import Int8Options
+
+    try:
+        cfg = QuantConfig(
+            calib_images=calib_images,
+            val_images=val_images,
+            max_drop=max_drop,
+            options=Int8Options(method=method, quantize_head=quantize_head),
+        )
+    except ValueError as exc:
+        raise UvcError(str(exc)) from None
+    return quantize_model(as_vit(model).eval(), Path(path), calib_data, cfg)
 
 
 def benchmark(

@@ -50,7 +50,12 @@ def inspect(target: str, as_json: bool) -> None:
 @click.option("--max-batch", default=32, show_default=True, help="Largest engine batch.")
 @click.option("--simplify", is_flag=True, help="Simplify the ONNX graph with onnxslim.")
 @click.option("--atol", default=1e-4, show_default=True, help="Max |logit diff| (FP32).")
-@click.option("--calib-data", default=None, help="Validation images: a folder or 'digits'.")
+@click.option(
+    "--calib-data",
+    default=None,
+    help="Real images: a folder or 'digits'. Validation images, and with --int8/--trt-quant the "
+    "calibration images (train/ part) and the held-out ones (val/|test/ part).",
+)
 @click.option(
     "--val-batches",
     default="1,8",
@@ -82,6 +87,48 @@ def inspect(target: str, as_json: bool) -> None:
     show_default=True,
     help="With --optimize cpu: also fuse residual Add + LayerNorm (SkipLayerNormalization).",
 )
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write model.int8.onnx: ONNX Runtime static INT8 (QDQ, per-channel weights) for "
+    "CPUs, calibrated on --calib-data; LayerNorm, Softmax, attention products and the head stay "
+    "FP32.",
+)
+@click.option(
+    "--trt-quant",
+    default=None,
+    help="Comma-separated int8,fp8: ModelOpt QDQ graphs for TensorRT (model.trt.int8.onnx, ...; "
+    "needs uvc[quant-gpu]); with --trt also their engines (FP8: a GPU of compute capability 8.9+).",
+)
+@click.option(
+    "--calib-images",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Calibration images for --int8/--trt-quant.",
+)
+@click.option(
+    "--int8-val-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Held-out images (never calibrated on) for the accuracy check.  [default: all, at most "
+    "1000]",
+)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["percentile", "minmax"]),
+    default="percentile",
+    show_default=True,
+    help="How --int8 takes activation ranges (percentile: 99.999% of |x|, robust to outliers).",
+)
+@click.option(
+    "--max-int8-drop",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Largest top-1 drop (points) on the held-out images; beyond it the export fails "
+    "(exit 1) and writes nothing.",
+)
 @handle_errors
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.
@@ -94,6 +141,7 @@ def export_cmd(model: str, out: str, **opts: Any) -> None:
     from uvc.export.pipeline import ExportConfig, export_model
 
     opts["val_batches"] = parse_csv(int, opts["val_batches"])
+    opts["quant"] = _quant_config(opts)
     cfg = ExportConfig(model=model, out=out, **opts)
     try:
         result = export_model(cfg)
@@ -101,3 +149,31 @@ def export_cmd(model: str, out: str, **opts: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(f"exported to {result.out}: {', '.join(result.files)}")
+
+
+def _quant_config(opts: dict[str, Any]) -> Any:
+    """The ``QuantConfig`` of the quantization options (removed from ``opts``), None without
+    --int8/--trt-quant."""
+    from uvc.cli.app import given_options
+    from uvc.errors import UvcError
+    from uvc.export.quant_export import QuantConfig
+    from uvc.export.quantize import Int8Options
+    from uvc.export.trt_quant import TrtQuantMode
+
+    int8, trt_quant = opts.pop("int8"), opts.pop("trt_quant")
+    names = ("calib_images", "int8_val_images", "calib_method", "max_int8_drop")
+    calib_images, val_images, method, max_drop = (opts.pop(n) for n in names)
+    if not int8 and not trt_quant:
+        stray = [n for n in given_options(click.get_current_context()) if n in names]
+        if stray:
+            flags = ", ".join("--" + n.replace("_", "-") for n in stray)
+            raise UvcError(f"{flags} only apply with --int8 or --trt-quant")
+        return None
+    return QuantConfig(
+        int8=int8,
+        trt_modes=parse_csv(TrtQuantMode, trt_quant) if trt_quant else (),
+        calib_images=calib_images,
+        val_images=val_images,
+        max_drop=max_drop,
+        options=Int8Options(method=method),
+    )

@@ -53,8 +53,12 @@ def evaluate(
     """Top-1 of trained MODELs (uvc checkpoints or export folders) on DATA's validation images,
     each with its own preprocessing, and every MODEL against the baseline on the same images.
 
+    A MODEL may also be an exported graph in an export folder (e.g. exp/model.int8.onnx): it is
+    run by ONNX Runtime on the CPU, with the folder's spec for its preprocessing.
+
     \b
     uvc eval cifar_vit.pt runs/uvc/final.pt runs/uniform/final.pt --data cifar10
+    uvc eval exp exp/model.int8.onnx --data cifar10
 
     Each row gives top-1 with a Wilson 95% interval. From the second row on: the difference to the
     baseline in points with a paired bootstrap 95% interval, the images only the baseline / only
@@ -73,7 +77,8 @@ def evaluate(
     if json_out is not None:
         check_writable_file(json_out, "--json")
     dev = torch.device(resolve_device(device))
-    loaded = [_load_trained(m) for m in models]  # every model checked before any image is read
+    # Every model is checked before any image is read.
+    loaded = [_load_trained(m, threads or None) for m in models]
     if threads:
         torch.set_num_threads(threads)
     loaders = []
@@ -106,13 +111,21 @@ def evaluate(
         click.echo(f"wrote {json_out}")
 
 
-def _load_trained(target: str) -> ViT:
-    """The model of a checkpoint or export folder; a spec or timm name has no trained weights."""
+def _load_trained(target: str, threads: int | None = None) -> ViT:
+    """The model of a checkpoint or export folder; a spec or timm name has no trained weights.
+
+    An ``.onnx`` file of an export folder becomes an ONNX Runtime module with the folder's spec.
+    """
     from uvc.files.source import export_file, load_model
 
     path = Path(target)
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise UvcError(f"file not found: {target}")
+    if path.is_file() and path.suffix == ".onnx":
+        from uvc.export.onnx import OnnxClassifier
+
+        spec = load_model(export_file(path.parent)).spec
+        return OnnxClassifier(path, spec, threads)  # type: ignore[return-value]
     if path.is_dir():
         path = export_file(path)
     if not path.is_file() or path.suffix == ".json":
