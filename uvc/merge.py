@@ -9,8 +9,9 @@ attentions add ``log(size)`` to their logits (proportional attention), so a merg
 much as the tokens it replaced.
 
 Static shapes: ``r`` is fixed per block by the spec, so every tensor's size is a constant given
-the input's batch: the data-dependent part is a sort (ONNX ``TopK`` with a constant k), ``gather``
-(``GatherElements``) and ``scatter_add`` (``ScatterElements`` with ``reduction="add"``, opset >= 16).
+the input's batch: the data-dependent part is a sort (ONNX ``TopK`` with a constant k),
+``gather`` (``GatherElements``) and ``scatter_add`` (``ScatterElements``, ``reduction="add"``,
+opset >= 16).
 The class, distillation and register tokens (the first ``prefix`` tokens) take no part: they stay
 in front, unmerged, with size 1. The result is ``[prefix, unmerged A, B (with merges)]``.
 

@@ -96,3 +96,20 @@ def with_merge(spec: Any, value: int | str | Sequence[int] | None) -> Any:
 def unmerged(spec: Any) -> Any:
     """``spec`` without token merging: the reference a budget is a fraction of."""
     return spec.replace(merge_r=()) if spec.merge_r else spec
+
+
+def apply_merge(model: Any, value: int | str | Sequence[int] | None) -> Any:
+    """A new ``uvc.model.ViT``: ``model``'s weights (shared, not copied) with the merge schedule
+    ``value`` (token merging needs no parameters, so any ViT can merge off the shelf).
+
+    Raises:
+        SpecError: the schedule does not fit the model (see ``merge_schedule``, ``check_merge_r``).
+    """
+    from uvc.model import ViT
+
+    spec = with_merge(model.spec, value)
+    if spec == model.spec:
+        return model
+    out = ViT(spec).to(next(model.parameters()).device)
+    out.load_state_dict(model.state_dict(), strict=True)
+    return out.train(model.training)

@@ -40,6 +40,7 @@ from uvc.cost import LatencyTable, model_cost
 from uvc.dist import DistInfo
 from uvc.distill import DistillLoss
 from uvc.keep import BlockKeep, KeepSet, spec_after
+from uvc.merge_schedule import unmerged
 from uvc.methods.kd import masked_kd_step, weight_optimizer
 from uvc.model import ViT
 from uvc.resource import Metric
@@ -171,7 +172,8 @@ class NViT:
         self.lut = LatencyTable.load(cfg.lut) if cfg.metric is Metric.LATENCY else None
         if self.lut is not None:
             self.lut.check_spec(spec)
-        self.full = self._spec_cost(spec)
+        # The budget is a fraction of the model without token merging (merging saves count).
+        self.full = self._spec_cost(unmerged(spec))
         self.opt, self.scaler = weight_optimizer(model, cfg, device)
         self.saliency = Saliency(spec)
         self.alive: dict[str, Tensor] = {}
