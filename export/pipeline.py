@@ -79,6 +79,7 @@ class ExportConfig:
         optimize: also write ``model.opt.onnx``, optimized for this target (``cpu``: ONNX
             Runtime's transformer fusions), checked and validated within ``atol``.
         skip_layer_norm: with ``optimize``, also fuse SkipLayerNormalization.
+        merge: token merging (ToMe) before export, "8" or "8,8,4,0" (``load_export_model``).
     """
 
     model: str
@@ -102,6 +103,7 @@ class ExportConfig:
     timing_cache: Path | None = None
     optimize: OptimizeTarget = OptimizeTarget.NONE
     skip_layer_norm: bool = False
+    merge: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -168,7 +170,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         require_tensorrt()
         require_cuda()
     check_out(cfg.out)
-    model, source = load_export_model(cfg.model, cfg.weights)
+    model, source = load_export_model(cfg.model, cfg.weights, cfg.merge)
     tmp = make_staging(cfg.out)
     try:
         summary = _export_into(cfg, model, source, tmp)

@@ -102,7 +102,7 @@ def block_macs(
 
 
 def _positive(x: Any) -> bool:
-    return float(x) > 0
+    return float(x.detach() if hasattr(x, "detach") else x) > 0
 
 
 def _norm_tokens(block: Any, post_norm: bool, n: Any, n2: Any) -> Any:

@@ -15,8 +15,11 @@ opset >= 16).
 The class, distillation and register tokens (the first ``prefix`` tokens) take no part: they stay
 in front, unmerged, with size 1. The result is ``[prefix, unmerged A, B (with merges)]``.
 
-Ties: the sort is stable and ``argmax`` takes the first maximum, as ONNX ``TopK``/``ArgMax`` do,
-so PyTorch and ONNX Runtime pick the same tokens when scores tie (flat image regions).
+Ties: scores tie exactly when tokens are identical (flat image regions); then which of them
+merges does not change the result (the same tokens and sizes come out, in another order), so the
+sort need not be stable (ONNX ``TopK`` and torch's ``topk`` may order ties differently). Scores only
+a rounding error apart but from different tokens are where PyTorch and ONNX Runtime could choose
+differently; validation against PyTorch would show it.
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ def merge_tokens(
     pre_s, s = size[:, :prefix], size[:, prefix:]
     with torch.no_grad():  # which tokens merge is a discrete choice: no gradient through it
         m = metric[:, prefix:].detach()
-        m = m / m.norm(dim=-1, keepdim=True)
+        # Ops that both exporters write at opset 17 (ReduceSum, not ReduceL2/ReduceMax).
+        m = m * torch.rsqrt((m * m).sum(dim=-1, keepdim=True))
         scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|) cosine similarities
         dst = scores.argmax(dim=-1)  # each A token's best B partner
-        best = scores.amax(dim=-1)
-        order = torch.sort(best, dim=-1, descending=True, stable=True).indices
+        best = scores.gather(-1, dst[..., None])[..., 0]
+        # topk with a Python int k: a constant K in the graph (TensorRT's TopK needs one).
+        order = best.topk(best.shape[-1], dim=-1).indices
         src_idx, unm_idx = order[:, :r], order[:, r:]
         dst_idx = dst.gather(1, src_idx)
     xa, xb = pat[:, ::2], pat[:, 1::2]

@@ -220,8 +220,9 @@ class Block(nn.Module):
         if self.merge_r:
             if self.gate is not None:
                 x = inp + self.gate * (x - inp)
-            # ToMe's similarity: the keys averaged over heads; the tokens without attention.
-            metric = x if keys is None else keys.mean(dim=1)
+            # ToMe's similarity: the keys averaged over heads (summed: the cosine is the same);
+            # the tokens themselves without attention.
+            metric = x if keys is None else keys.sum(dim=1)
             x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix)
             inp = x
         if self.post_norm:
@@ -358,9 +359,7 @@ class ViT(nn.Module):
                 x = blk(x)
         return masked_norm(self.norm, x, self.embed_mask), size
 
-    def forward_head(
-        self, x: Tensor, size: Tensor | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward_head(self, x: Tensor, size: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Pool the tokens (weighted by ``size`` after token merging) and classify."""
         if self.spec.pool is Pool.AVG:
             p = self.spec.num_prefix_tokens

@@ -96,9 +96,7 @@ class ResourceModel:
         ]
         self.base = self.bases[0]
         self.full = (
-            ResourceModel(unmerged(spec), metric, lut).full
-            if spec.merge_r
-            else self.of_spec(spec)
+            ResourceModel(unmerged(spec), metric, lut).full if spec.merge_r else self.of_spec(spec)
         )
 
     def _formula(self, h: Any, q: Any, v: Any, m: Any, i: int = 0) -> Any:
@@ -168,9 +166,7 @@ class ResourceModel:
             out = out + a * with_keys + (1 - a) * self.merge(i)
         return out
 
-    def block_float(
-        self, h: int, q: int, v: int, m: int, skip: bool = False, i: int = 0
-    ) -> float:
+    def block_float(self, h: int, q: int, v: int, m: int, skip: bool = False, i: int = 0) -> float:
         """Exact cost of one hard block ``i`` from integer widths (integer arithmetic)."""
         if skip:
             return float(self.merge(i))

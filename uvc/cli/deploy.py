@@ -82,6 +82,14 @@ def inspect(target: str, as_json: bool) -> None:
     show_default=True,
     help="With --optimize cpu: also fuse residual Add + LayerNorm (SkipLayerNormalization).",
 )
+@click.option(
+    "--merge",
+    default=None,
+    metavar="R",
+    help="Token merging (ToMe, training-free): merge R tokens in every block, or one R per "
+    "block (8,8,4,0,0,0); replaces the model's own schedule. Static shapes: every block's token "
+    "count is a constant of the graph.",
+)
 @handle_errors
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.
