@@ -163,6 +163,7 @@ class FusableBlock(nn.Module):
             raise ExportError("cannot export a masked MLP: materialize the model first")
         self.post_norm = bool(getattr(blk, "post_norm", False))
         self.merge_r, self.prefix = getattr(blk, "merge_r", 0), getattr(blk, "prefix", 0)
+        self.tokens = getattr(blk, "tokens", None)
         self.norm1 = copy.deepcopy(blk.norm1)
         self.attn = None if blk.attn is None else FusableAttention(blk.attn, fusion.fusable)
         self.norm2 = copy.deepcopy(blk.norm2)
@@ -201,7 +202,7 @@ class FusableBlock(nn.Module):
         if self.merge_r:
             # keys: (B, h, qk, N) here (k is laid out transposed for the fusion)
             metric = x if keys is None else keys.sum(dim=1).transpose(1, 2)
-            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix)
+            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix, self.tokens)
         if self.post_norm:
             if self.norm2 is not None:
                 x = self.norm2(x if self.mlp is None else self.mlp(x) + x)

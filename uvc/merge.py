@@ -29,7 +29,7 @@ from torch import Tensor
 
 
 def merge_tokens(
-    x: Tensor, size: Tensor | None, metric: Tensor, r: int, prefix: int
+    x: Tensor, size: Tensor | None, metric: Tensor, r: int, prefix: int, tokens: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Merge ``r`` patch tokens of ``x`` into their most similar partners.
 
@@ -40,6 +40,9 @@ def merge_tokens(
             (or the tokens themselves for a block without attention).
         r: tokens to merge, at most half of the ``N - prefix`` patch tokens.
         prefix: leading tokens never merged (class, distillation, register tokens).
+        tokens: ``N`` as a Python int (the spec's ``tokens_in``), so a traced graph holds it
+            as a constant (torchscript tracing records ``x.shape[1]`` as a Shape op); None:
+            read from ``x``.
 
     Returns:
         The merged tokens (B, N - r, D) and their sizes (B, N - r, 1).
@@ -48,9 +51,10 @@ def merge_tokens(
         size = torch.ones_like(x[..., :1])
     if r <= 0:
         return x, size
-    n = x.shape[1]
+    n = int(x.shape[1]) if tokens is None else tokens
     if r > (n - prefix) // 2:
         raise ValueError(f"cannot merge {r} of {n - prefix} patch tokens (at most half)")
+    n_a = (n - prefix + 1) // 2
     pre_x, pat = x[:, :prefix], x[:, prefix:]
     pre_s, s = size[:, :prefix], size[:, prefix:]
     with torch.no_grad():  # which tokens merge is a discrete choice: no gradient through it
@@ -61,7 +65,7 @@ def merge_tokens(
         dst = scores.argmax(dim=-1)  # each A token's best B partner
         best = scores.gather(-1, dst[..., None])[..., 0]
         # topk with a Python int k: a constant K in the graph (TensorRT's TopK needs one).
-        order = best.topk(best.shape[-1], dim=-1).indices
+        order = best.topk(n_a, dim=-1).indices
         src_idx, unm_idx = order[:, :r], order[:, r:]
         dst_idx = dst.gather(1, src_idx)
     xa, xb = pat[:, ::2], pat[:, 1::2]

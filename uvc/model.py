@@ -161,11 +161,13 @@ class Block(nn.Module):
         layer_scale: bool = False,
         merge_r: int = 0,
         prefix: int = 0,
+        tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
-        # Token merging between attention and MLP (``uvc.merge``): r tokens, prefix protected.
-        self.merge_r, self.prefix = merge_r, prefix
+        # Token merging between attention and MLP (``uvc.merge``): r of the ``tokens`` it
+        # receives (a constant of the graph), the ``prefix`` tokens protected.
+        self.merge_r, self.prefix, self.tokens = merge_r, prefix, tokens
         keep_norms = post_norm and not spec.skip
         self.norm1 = nn.LayerNorm(dim, eps=eps) if spec.has_attn or keep_norms else None
         self.attn = (
@@ -206,7 +208,9 @@ class Block(nn.Module):
 
         A block gate ``g`` interpolates each half around the merge (``x + g * (half(x) - x)``):
         at ``g`` in {0, 1} that is the block or the identity, and a skipped block still merges,
-        so the token counts stay what the spec says.
+        so the token counts stay what the spec says. (Under a gate the merge reads the keys of
+        the attention still present; the materialized skipped block has none and reads the
+        tokens, so which tokens merge may differ there until fine-tuning.)
         """
         inp, keys = x, None
         bias = attention_bias(size)
@@ -223,7 +227,7 @@ class Block(nn.Module):
             # ToMe's similarity: the keys averaged over heads (summed: the cosine is the same);
             # the tokens themselves without attention.
             metric = x if keys is None else keys.sum(dim=1)
-            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix)
+            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix, self.tokens)
             inp = x
         if self.post_norm:
             if self.norm2 is not None:
@@ -251,10 +255,10 @@ class Block(nn.Module):
         return (y if self.attn_gate is None else self.attn_gate * y), keys
 
 
-def block_for(spec: ViTSpec, block: BlockSpec, merge_r: int = 0) -> Block:
+def block_for(spec: ViTSpec, block: BlockSpec, i: int | None = None) -> Block:
     """A ``Block`` of ``block``'s widths with the model-wide options of ``spec`` (width, qkv bias,
-    eps, norm placement, activation, layer scale): what latency tables should time. ``merge_r``:
-    tokens it merges (``uvc.merge``)."""
+    eps, norm placement, activation, layer scale): what latency tables should time. ``i``: its
+    index in ``spec``, for the tokens it merges (``uvc.merge``); None: no merging."""
     return Block(
         spec.embed_dim,
         block,
@@ -263,8 +267,9 @@ def block_for(spec: ViTSpec, block: BlockSpec, merge_r: int = 0) -> Block:
         post_norm=spec.post_norm,
         act=spec.act,
         layer_scale=spec.layer_scale,
-        merge_r=merge_r,
+        merge_r=0 if i is None else spec.block_merge(i),
         prefix=spec.num_prefix_tokens,
+        tokens=None if i is None else spec.tokens_in(i),
     )
 
 
@@ -298,9 +303,7 @@ class ViT(nn.Module):
             nn.Parameter(torch.zeros(1, spec.reg_tokens, d)) if spec.reg_tokens else None
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.pos_embed_len, d))
-        self.blocks = nn.ModuleList(
-            block_for(spec, b, spec.block_merge(i)) for i, b in enumerate(spec.blocks)
-        )
+        self.blocks = nn.ModuleList(block_for(spec, b, i) for i, b in enumerate(spec.blocks))
         self.norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.fc_norm else nn.Identity()
         n_out = spec.num_classes
