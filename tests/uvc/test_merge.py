@@ -234,3 +234,16 @@ def test_latency_table_scales_by_tokens():
     res = ResourceModel(spec, "latency", table)
     assert res.of_spec(spec) == pytest.approx(want)
     assert res.full == pytest.approx(table.model_ms(unmerged(spec)))
+
+
+def test_compress_and_train_settings_take_merge():
+    from uvc.api import _settings
+    from uvc.errors import UvcError
+    from uvc.pipeline.config import TrainConfig
+
+    assert _settings(0.5, "macs", "uvc", {"merge": [8, 4, 0]}).merge == "8,4,0"
+    assert _settings(0.5, "macs", "uvc", {"merge": 6}).merge == "6"
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainConfig(merge="4,-4")
+    with pytest.raises(UvcError, match="one integer r"):
+        _settings(0.5, "macs", "uvc", {"merge": "x"})
