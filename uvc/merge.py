@@ -68,18 +68,17 @@ def merge_tokens(
         order = best.topk(n_a, dim=-1).indices
         src_idx, unm_idx = order[:, :r], order[:, r:]
         dst_idx = dst.gather(1, src_idx)
-    # The size rides along as one more channel (x * size, size): one gather per set and one
-    # scatter-add move both, which halves the ops a runtime dispatches per merge.
+    xa, xb = pat[:, ::2], pat[:, 1::2]
+    sa, sb = s[:, ::2], s[:, 1::2]
     d = x.shape[-1]
-    xs = torch.cat([pat * s, s], dim=-1)
-    xa, xb = xs[:, ::2], xs[:, 1::2]
-    unm = xa.gather(1, unm_idx[..., None].expand(-1, -1, d + 1))
-    src = xa.gather(1, src_idx[..., None].expand(-1, -1, d + 1))
+    unm = xa.gather(1, unm_idx[..., None].expand(-1, -1, d))
+    unm_s = sa.gather(1, unm_idx[..., None])
+    src_s = sa.gather(1, src_idx[..., None])
+    src = xa.gather(1, src_idx[..., None].expand(-1, -1, d)) * src_s
     # Size-weighted average: sum of size * token over the merged group, divided by its size.
-    xb = xb.scatter_add(1, dst_idx[..., None].expand(-1, -1, d + 1), src)
-    merged = torch.cat([unm, xb], dim=1)
-    new_s = merged[..., d:]
-    return torch.cat([pre_x, merged[..., :d] / new_s], dim=1), torch.cat([pre_s, new_s], dim=1)
+    new_s = sb.scatter_add(1, dst_idx[..., None], src_s)
+    new_b = (xb * sb).scatter_add(1, dst_idx[..., None].expand(-1, -1, d), src) / new_s
+    return torch.cat([pre_x, unm, new_b], dim=1), torch.cat([pre_s, unm_s, new_s], dim=1)
 
 
 def attention_bias(size: Tensor | None) -> Tensor | None:

@@ -65,7 +65,7 @@ def test_merged_model_exports_with_static_token_counts(tmp_path: Path, exporter,
     consts = {i.name for i in proto.graph.initializer}
     consts |= {o for node in proto.graph.node if node.op_type == "Constant" for o in node.output}
     assert all(node.input[1] in consts for node in topk)
-    assert sum(node.op_type == "ScatterElements" for node in proto.graph.node) == 3
+    assert sum(node.op_type == "ScatterElements" for node in proto.graph.node) == 6
 
 
 def test_dense_graph_has_no_merge_ops(tmp_path: Path) -> None:
