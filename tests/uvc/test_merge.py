@@ -247,3 +247,25 @@ def test_compress_and_train_settings_take_merge():
         TrainConfig(merge="4,-4")
     with pytest.raises(UvcError, match="one integer r"):
         _settings(0.5, "macs", "uvc", {"merge": "x"})
+
+
+@pytest.mark.parametrize("method", ["uvc", "uniform", "nvit"])
+def test_compress_with_merging_prunes_less_width(method):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import uvc
+
+    torch.manual_seed(0)
+    spec = ViTSpec.uniform(2, 32, 4, img_size=32, patch_size=8, num_classes=3)
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
+
+    def run(merge):
+        return uvc.compress(ViT(spec), DataLoader(data, batch_size=8), budget=0.6, method=method,
+                            search_epochs=2, warmup_epochs=1, finetune_epochs=1, progress=False,
+                            merge=merge)  # fmt: skip
+
+    plain, merged = run(None), run([4, 2])
+    assert merged.spec.merge_r == (4, 2) and merged.model.spec == merged.spec
+    assert merged.macs_after == macs(merged.spec) and merged.macs_before == macs(spec)
+    assert merged.macs_after / merged.macs_before <= 0.6
+    assert merged.params_after > plain.params_after  # the tokens merging saves buy back width
