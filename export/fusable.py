@@ -18,6 +18,12 @@ patch embedding, tokens, norms, MLPs and head are the model's own modules, run b
 (dynamo builds k^T through Shape/Slice/Reshape, torchscript wraps shared constants in Identity)
 and on its version; validation against PyTorch then proves the copy computes the same logits.
 
+Token merging (``uvc.arch.merge``) is exported as the model computes it; ``fusable_blocks`` says
+which
+attentions it leaves unfused: those after the first merge (proportional attention adds
+``log(size)`` to the logits, a form ORT's fusion does not match) and a merging block's own (its
+keys also feed the merge; fusing it anyway leaves ORT's optimizer with a broken graph).
+
 The fused Attention op ignores the graph's scale constant and always uses 1/sqrt(head size).
 A block whose scale is anything else is kept in a form the fusion cannot match (the scale applied
 to q before the product), so it stays unfused and exact; ``fusable_blocks`` says which blocks fuse.
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from uvc.arch.merge import attention_bias, merge_tokens
 from uvc.errors import ExportError
 
 # The dense model's scale is computed as qk_dim ** -0.5 in float; allow that rounding, nothing more.
@@ -73,6 +80,7 @@ def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
     blocks = _blocks(model)
     final_ln = isinstance(getattr(model, "norm", None), nn.LayerNorm)
     post_norm = bool(getattr(model.spec, "post_norm", False))  # LN(x + attn(x)): always anchored
+    merges = tuple(getattr(model.spec, "merge_r", ()) or (0,) * len(blocks))
     out = []
     for i, blk in enumerate(blocks):
         attn = blk.attn
@@ -84,6 +92,10 @@ def fusable_blocks(model: nn.Module) -> tuple[BlockFusion, ...]:
         reason = ""
         if not math.isclose(scale, want, rel_tol=SCALE_RTOL):
             reason = f"scale {scale:.6g} != 1/sqrt(qk_dim={attn.qk_dim}) = {want:.6g}"
+        elif any(merges[:i]):
+            reason = "proportional attention after token merging (log(size) added to the logits)"
+        elif merges[i]:
+            reason = "its keys also feed token merging (the fused op does not expose them)"
         elif not post_norm and blk.mlp is None and not later and not final_ln:
             reason = "no LayerNorm reads the attention's residual sum (ORT's fusion anchor)"
         out.append(BlockFusion(i, attn.heads, attn.qk_dim, scale, not reason, reason))
@@ -115,8 +127,13 @@ class FusableAttention(nn.Module):
                     lin.bias.copy_(b)
         self.proj = copy.deepcopy(attn.proj)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """Attend over the token axis of ``x`` (B, N, dim)."""
+        return self.attend(x, bias)[0]
+
+    def attend(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The output and the keys, laid out (B, heads, qk_dim, N) for the fusion (token merging
+        reads them, as ``Attention.attend``); ``bias``: proportional attention's logit bias."""
         n = x.shape[1]  # static in the graph: the spec fixes the token count
         h, dq, dv = self.heads, self.qk_dim, self.v_dim
         # -1 for the batch keeps the Reshape's shape a constant [-1, N, h, d] in the graph, which
@@ -127,8 +144,10 @@ class FusableAttention(nn.Module):
         # Exactly 1/sqrt(dq): one Div after the product, the form the fusion matches. Any other
         # scale is applied to q first, a form the fusion does not match (the block stays unfused).
         attn = (q @ k) / math.sqrt(dq) if self.fusable else (q * self.scale) @ k
+        if bias is not None:
+            attn = attn + bias
         out = attn.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(-1, n, h * dv))
+        return self.proj(out.transpose(1, 2).reshape(-1, n, h * dv)), k
 
 
 class FusableBlock(nn.Module):
@@ -145,6 +164,8 @@ class FusableBlock(nn.Module):
         if blk.mlp is not None and blk.mlp.mask is not None:
             raise ExportError("cannot export a masked MLP: materialize the model first")
         self.post_norm = bool(getattr(blk, "post_norm", False))
+        self.merge_r, self.prefix = getattr(blk, "merge_r", 0), getattr(blk, "prefix", 0)
+        self.tokens = getattr(blk, "tokens", None)
         self.norm1 = copy.deepcopy(blk.norm1)
         self.attn = None if blk.attn is None else FusableAttention(blk.attn, fusion.fusable)
         self.norm2 = copy.deepcopy(blk.norm2)
@@ -167,6 +188,29 @@ class FusableBlock(nn.Module):
         if self.mlp is not None:
             x = self.mlp(self.norm2(x)) + x
         return x
+
+    def forward_sized(self, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``Block.forward_sized``: attention, token merging, MLP, branch first in each Add."""
+        bias, keys = attention_bias(size), None
+        if self.post_norm:
+            if self.norm1 is not None and self.attn is not None:
+                y, keys = self.attn.attend(x, bias)
+                x = self.norm1(y + x)
+            elif self.norm1 is not None:
+                x = self.norm1(x)
+        elif self.attn is not None:
+            y, keys = self.attn.attend(self.norm1(x), bias)
+            x = y + x
+        if self.merge_r:
+            # keys: (B, h, qk, N) here (k is laid out transposed for the fusion)
+            metric = x if keys is None else keys.sum(dim=1).transpose(1, 2)
+            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix, self.tokens)
+        if self.post_norm:
+            if self.norm2 is not None:
+                x = self.norm2(x if self.mlp is None else self.mlp(x) + x)
+        elif self.mlp is not None:
+            x = self.mlp(self.norm2(x)) + x
+        return x, size
 
 
 def fusable_copy(model: nn.Module) -> nn.Module:

@@ -15,12 +15,26 @@ from typing import Any
 import torch
 
 
-def load_export_model(target: str, weights: Path | None) -> tuple[torch.nn.Module, str]:
+def load_export_model(
+    target: str, weights: Path | None, merge: str | None = None
+) -> tuple[torch.nn.Module, str]:
     """The dense ``ViT`` to export and a word for what it came from.
 
     A checkpoint whose ``extra`` holds ``"keep"`` (a search checkpoint) is materialized with
-    ``uvc.export.materialize`` so the exported model is the physically smaller one.
+    ``uvc.export.materialize`` so the exported model is the physically smaller one. ``merge``
+    ("8" or "8,8,4,0"): token merging (ToMe) applied to it off the shelf, replacing its own
+    schedule (``uvc.arch.merge_schedule.apply_merge``; a schedule that does not fit is refused).
     """
+    model, source = _load_dense(target, weights)
+    if merge is None:
+        return model, source
+    from uvc.arch.model import apply_merge
+
+    return apply_merge(model, merge).eval(), f"{source}, merge {merge}"
+
+
+def _load_dense(target: str, weights: Path | None) -> tuple[torch.nn.Module, str]:
+    """``load_export_model`` without merging."""
     from uvc.export.materialize import materialize
 
     from uvc.arch.keep import KeepSet, check_keep

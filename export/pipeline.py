@@ -88,6 +88,7 @@ class ExportConfig:
         skip_layer_norm: with ``optimize``, also fuse SkipLayerNormalization.
         quant: quantized artifacts (INT8 for ONNX Runtime, ModelOpt INT8/FP8 for TensorRT),
             calibrated on and checked against ``calib_data`` (required then).
+        merge: token merging (ToMe) before export, "8" or "8,8,4,0" (``load_export_model``).
     """
 
     model: str
@@ -112,6 +113,7 @@ class ExportConfig:
     optimize: OptimizeTarget = OptimizeTarget.NONE
     skip_layer_norm: bool = False
     quant: QuantConfig | None = None
+    merge: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -184,7 +186,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     if cfg.quant is not None:
         quant_preflight(cfg.quant, trt=cfg.trt)
     check_out(cfg.out)
-    model, source = load_export_model(cfg.model, cfg.weights)
+    model, source = load_export_model(cfg.model, cfg.weights, cfg.merge)
     # Bad calibration data (classes, too few images) is refused before any work.
     plan = None if cfg.quant is None else calibration_plan(cfg.quant, cfg.calib_data, model)
     tmp = make_staging(cfg.out)

@@ -48,6 +48,7 @@ SETTINGS = (
     "device",
     "seed",
     "progress",
+    "merge",
 )
 
 
@@ -118,7 +119,9 @@ def compress(
         steps_per_epoch: batches per epoch for loaders without ``len`` (else counted once).
         log_fn: receives every log record.
         **settings: ``uvc train``'s options by name, e.g. ``search_epochs=10``, ``lr=1e-3``,
-            ``kd="soft"``, ``align=8``, ``device="cuda"`` (see ``SETTINGS``).
+            ``kd="soft"``, ``align=8``, ``device="cuda"`` (see ``SETTINGS``); ``merge=8`` or
+            ``merge=[8, 8, 4, 0]``: token merging (ToMe) in the compressed model, counted by the
+            budget (``--merge``).
 
     Raises:
         UvcError: a setting is unknown or out of range, or the model cannot be converted.
@@ -160,6 +163,10 @@ def _settings(budget: float, metric: str, method: str, settings: dict[str, Any])
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise UvcError(f"unknown setting(s) {unknown}; compress takes {', '.join(SETTINGS)}")
+    merge = settings.get("merge")
+    if merge is not None and not isinstance(merge, str):  # 8 or [8, 8, 4]: --merge's text
+        items = [merge] if isinstance(merge, int) else list(merge)
+        settings = {**settings, "merge": ",".join(str(r) for r in items)}
     try:
         return TrainConfig(budget=budget, metric=metric, method=method, **settings)
     except (TypeError, ValueError) as exc:
@@ -211,10 +218,14 @@ def compress_stages(
     ``cfg`` is a ``TrainConfig``. Returns the dense fine-tuned model, the ``SearchResult`` and
     the final top-1 (%) (0.0 without a validation loader). Every stage resumes from ``out``.
     """
+    from uvc.arch.model import apply_merge
     from uvc.export.materialize import materialize
     from uvc.methods.search import run_search
     from uvc.train.distill import DistillConfig, DistillLoss
     from uvc.train.finetune import finetune
+
+    if getattr(cfg, "merge", None) is not None:  # the student merges; the teacher does not
+        student = apply_merge(student, cfg.merge)
 
     loss_fn = DistillLoss(DistillConfig(cfg.kd, cfg.alpha, cfg.tau, cfg.label_smoothing))
     search = run_search(

@@ -76,6 +76,8 @@ class TrainConfig:
         workers: DataLoader workers.
         seed: seed of initialisation, data order and transforms.
         progress: show progress bars.
+        merge: token merging (ToMe) of the compressed model: one r for every block ("8") or one
+            per block ("8,8,4,0,0,0"); None: no merging. The budget counts it.
     """
 
     out: str = "runs/train"
@@ -113,6 +115,7 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     progress: bool = True
+    merge: str | None = None
 
     def __post_init__(self) -> None:
         # Every option is checked here, before any data is read or any model built: a run that
@@ -173,6 +176,8 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError(f"mixup and cutmix must be >= 0, got {self.mixup}, {self.cutmix}")
+        if self.merge is not None:
+            _check_merge(self.merge)
         if self.amp is not None and self.device == "cpu":
             raise ValueError(f"--amp {self.amp} needs CUDA; it does nothing with --device cpu")
 
@@ -239,6 +244,16 @@ def _check_nvit(cfg: TrainConfig) -> None:
         raise ValueError(f"nvit_lambda must be a finite number >= 0, got {lam}")
     if cfg.nvit_interval is not None and cfg.nvit_interval < 1:
         raise ValueError(f"nvit_interval must be >= 1, got {cfg.nvit_interval}")
+
+
+def _check_merge(merge: str) -> None:
+    """--merge's syntax and signs (its length and token bounds need the model: preflight)."""
+    from uvc.arch.merge_schedule import merge_schedule
+
+    try:
+        merge_schedule(merge, len(merge.split(",")))
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_device(device: object) -> None:

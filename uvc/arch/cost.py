@@ -38,6 +38,7 @@ class BlockCost:
     proj: int = 0
     fc1: int = 0
     fc2: int = 0
+    merge: int = 0  # token merging's similarity matmul (``uvc.arch.merge``)
 
     @property
     def attn(self) -> int:
@@ -57,24 +58,57 @@ def _norm_count(block: Any, post_norm: bool) -> Any:
     return int(block.heads > 0) + int(block.mlp_dim > 0)
 
 
-def block_macs(block: BlockSpec, tokens: Any, dim: Any, *, post_norm: bool = False) -> BlockCost:
+def block_macs(
+    block: BlockSpec,
+    tokens: Any,
+    dim: Any,
+    *,
+    post_norm: bool = False,
+    merge_r: int = 0,
+    prefix: int = 0,
+) -> BlockCost:
     """MACs of one block over ``tokens`` tokens of width ``dim`` (per image).
 
     Works on any object with ``heads``, ``qk_dim``, ``v_dim``, ``mlp_dim`` (and optional
     ``skip``), widths given as ints, floats or tensors (the norms then count as present for any
     width > 0). Post-norm blocks keep both norms unless skipped: a removed attention or MLP still
     costs its ``x <- LN(x)``. Layer scale and activations count 0 (elementwise, as in fvcore).
+
+    Token merging (``merge_r`` tokens, ``prefix`` of them protected; ``uvc.arch.merge``) happens
+    between attention and MLP: the attention (and its norm) sees ``tokens``, the MLP and the
+    second norm ``tokens - merge_r``; the matching adds the A-B similarity matmul over the keys'
+    width (``qk_dim``; the embed width for a block without attention). Sorting, gathers and the
+    scatter-add count 0, as in fvcore.
     """
     n, h = tokens, block.heads
+    n2 = tokens - merge_r
+    n_norm = _norm_tokens(block, post_norm, n, n2)
+    merge = 0
+    if merge_r:
+        patches = tokens - prefix
+        width = block.qk_dim if _positive(h) else dim
+        merge = ((patches + 1) // 2) * (patches // 2) * width
     return BlockCost(
-        norms=NORM_MACS_PER_ELEMENT * n * dim * _norm_count(block, post_norm),
+        norms=NORM_MACS_PER_ELEMENT * dim * n_norm,
         qkv=n * dim * h * (2 * block.qk_dim + block.v_dim),
         qk=h * n * n * block.qk_dim,
         av=h * n * n * block.v_dim,
         proj=n * h * block.v_dim * dim,
-        fc1=n * dim * block.mlp_dim,
-        fc2=n * block.mlp_dim * dim,
+        fc1=n2 * dim * block.mlp_dim,
+        fc2=n2 * block.mlp_dim * dim,
+        merge=merge,
     )
+
+
+def _positive(x: Any) -> bool:
+    return float(x.detach() if hasattr(x, "detach") else x) > 0
+
+
+def _norm_tokens(block: Any, post_norm: bool, n: Any, n2: Any) -> Any:
+    """Tokens the block's LayerNorms see: norm1 before the merge (n), norm2 after it (n2)."""
+    if post_norm:
+        return 0 if getattr(block, "skip", False) else n + n2
+    return n * int(block.heads > 0) + n2 * int(block.mlp_dim > 0)
 
 
 def block_params(
@@ -102,9 +136,17 @@ def block_params(
     return p
 
 
-def spec_block_macs(spec: ViTSpec, block: BlockSpec) -> BlockCost:
-    """``block_macs`` with the token count, width and norm placement of ``spec``."""
-    return block_macs(block, spec.num_tokens, spec.embed_dim, post_norm=spec.post_norm)
+def spec_block_macs(spec: ViTSpec, block: BlockSpec, i: int = 0) -> BlockCost:
+    """``block_macs`` of ``block`` as block ``i`` of ``spec``: its token count (after the
+    earlier blocks' merges), its own merge, width and norm placement."""
+    return block_macs(
+        block,
+        spec.tokens_in(i),
+        spec.embed_dim,
+        post_norm=spec.post_norm,
+        merge_r=spec.block_merge(i),
+        prefix=spec.num_prefix_tokens,
+    )
 
 
 def spec_block_params(spec: ViTSpec, block: BlockSpec) -> Any:
@@ -149,7 +191,7 @@ class ModelCost:
 
 def model_cost(spec: ViTSpec) -> ModelCost:
     """Exact MACs and parameter counts of ``spec``, total and per block."""
-    d, n, p = spec.embed_dim, spec.num_tokens, spec.patch_size
+    d, n, p = spec.embed_dim, spec.tokens_in(spec.depth), spec.patch_size
     embed_macs = spec.num_patches * d * spec.in_chans * p * p
     embed_params = d * spec.in_chans * p * p + d + spec.num_prefix_tokens * d
     embed_params += spec.pos_embed_len * d
@@ -161,7 +203,7 @@ def model_cost(spec: ViTSpec) -> ModelCost:
     head_params = 2 * d * n_norms + n_heads * (d * classes + classes)
     return ModelCost(
         embed_macs=embed_macs,
-        blocks=tuple(spec_block_macs(spec, b) for b in spec.blocks),
+        blocks=tuple(spec_block_macs(spec, b, i) for i, b in enumerate(spec.blocks)),
         head_macs=head_macs,
         embed_params=embed_params,
         block_params=tuple(spec_block_params(spec, b) for b in spec.blocks),

@@ -167,22 +167,32 @@ class LatencyTable:
         x = torch.tensor(float(embed), dtype=torch.float64)
         return float(_interp(self.embed_fixed_ms, (self.embed_grid,), (x,)))  # type: ignore[arg-type]
 
-    def block_ms(self, block: BlockSpec, embed: float | None = None) -> float:
-        """Latency of one block of a hard spec (at embed width ``embed``: v2 only)."""
+    def block_ms(
+        self,
+        block: BlockSpec,
+        embed: float | None = None,
+        tokens: tuple[float, float] = (1.0, 1.0),
+    ) -> float:
+        """Latency of one block of a hard spec (at embed width ``embed``: v2 only).
+
+        ``tokens``: the attention's and the MLP's token counts as fractions of the table's; with
+        token merging each part's latency is scaled linearly by them (exact for the linear
+        layers, an approximation for attention's N^2 matmuls; the merge itself counts 0).
+        """
         t = 0.0
         if block.has_attn:
             w = [
                 torch.tensor(float(x), dtype=torch.float64)
                 for x in (block.heads, block.qk_dim, block.v_dim)
             ]
-            t += float(self.attn_ms_at(*w, embed=embed))
+            t += float(self.attn_ms_at(*w, embed=embed)) * tokens[0]
         if block.has_mlp:
             m = torch.tensor(float(block.mlp_dim), dtype=torch.float64)
-            t += float(self.mlp_ms_at(m, embed=embed))
+            t += float(self.mlp_ms_at(m, embed=embed)) * tokens[1]
         return t
 
     def check_spec(self, spec: ViTSpec) -> None:
-        """Raise ``SpecError`` if the table was measured for another token count or an embed
+        """Raise ``SpecError`` if the table was measured for another (input) token count or an embed
         width it does not cover (v1: its own width only; v2: within its embed grid)."""
         lo, hi = (
             (self.embed_dim, self.embed_dim)
@@ -197,10 +207,15 @@ class LatencyTable:
             )
 
     def model_ms(self, spec: ViTSpec) -> float:
-        """Predicted whole-model latency of ``spec`` (at its own embed width)."""
+        """Predicted whole-model latency of ``spec`` (at its own embed width; with token
+        merging, each block's parts scaled by the tokens they see, see ``block_ms``)."""
         self.check_spec(spec)
         e = None if spec.embed_dim == self.embed_dim else spec.embed_dim
-        return self.fixed_ms_at(e) + sum(self.block_ms(b, e) for b in spec.blocks)
+        n = spec.num_tokens
+        return self.fixed_ms_at(e) + sum(
+            self.block_ms(b, e, (spec.tokens_in(i) / n, (spec.tokens_in(i + 1)) / n))
+            for i, b in enumerate(spec.blocks)
+        )
 
 
 def _interp(values: Tensor, grids: tuple[tuple[float, ...], ...], xs: tuple[Tensor, ...]) -> Tensor:

@@ -11,10 +11,14 @@ or MLP is removed (``x <- LN(x)``), so a branch gate of 0 and a removed branch c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uvc.arch.merge import attention_bias, merge_tokens
+from uvc.arch.merge_schedule import with_merge
 from uvc.arch.spec import Act, BlockSpec, Pool, ViTSpec
 
 
@@ -38,8 +42,18 @@ class Attention(nn.Module):
         self.qk_mask: Tensor | None = None  # (heads, qk_dim), multiplies q and k
         self.v_mask: Tensor | None = None  # (heads, v_dim), multiplies each head's output
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """Attend over the token axis of ``x`` (B, N, dim)."""
+        return self.attend(x, bias)[0]
+
+    def attend(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The attention output and the keys (B, heads, N, qk_dim), which token merging reads.
+
+        Args:
+            x: tokens (B, N, dim).
+            bias: added to the logits, broadcast to (B, heads, N, N): proportional attention's
+                ``log(size)`` per key after token merging (``uvc.arch.merge``); None: nothing added.
+        """
         b, n, _ = x.shape
         h, dq, dv = self.heads, self.qk_dim, self.v_dim
         q, k, v = self.qkv(x).split([h * dq, h * dq, h * dv], dim=-1)
@@ -50,14 +64,18 @@ class Attention(nn.Module):
             # Zeroing a q/k dim removes its term from every q.k dot product, exactly as slicing.
             q = q * self.qk_mask[:, None, :]
             k = k * self.qk_mask[:, None, :]
-        if self.fused:
+        if self.fused and bias is None:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
             out = attn.softmax(dim=-1) @ v
         if self.v_mask is not None:
             out = out * self.v_mask[:, None, :]
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * dv))
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * dv)), k
 
 
 def masked_norm(norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -145,9 +163,15 @@ class Block(nn.Module):
         post_norm: bool = False,
         act: Act = Act.GELU,
         layer_scale: bool = False,
+        merge_r: int = 0,
+        prefix: int = 0,
+        tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
+        # Token merging between attention and MLP (``uvc.arch.merge``): r of the ``tokens`` it
+        # receives (a constant of the graph), the ``prefix`` tokens protected.
+        self.merge_r, self.prefix, self.tokens = merge_r, prefix, tokens
         keep_norms = post_norm and not spec.skip
         self.norm1 = nn.LayerNorm(dim, eps=eps) if spec.has_attn or keep_norms else None
         self.attn = (
@@ -175,32 +199,70 @@ class Block(nn.Module):
         return y if gate is None else gate * y
 
     def forward(self, x: Tensor) -> Tensor:
-        """Residual attention then residual MLP."""
-        inp = x
+        """Residual attention then residual MLP (a block that merges needs ``forward_sized``)."""
+        return self.forward_sized(x, None)[0]
+
+    def forward_sized(self, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Attention, token merging (``merge_r`` > 0), MLP; returns the tokens and their sizes.
+
+        Args:
+            x: tokens (B, N, dim).
+            size: token sizes (B, N, 1) after an earlier merge (proportional attention), or
+                None: every token is one patch (and, without merging here, stays None).
+
+        A block gate ``g`` interpolates each half around the merge (``x + g * (half(x) - x)``):
+        at ``g`` in {0, 1} that is the block or the identity, and a skipped block still merges,
+        so the token counts stay what the spec says. (Under a gate the merge reads the keys of
+        the attention still present; the materialized skipped block has none and reads the
+        tokens, so which tokens merge may differ there until fine-tuning.)
+        """
+        inp, keys = x, None
+        bias = attention_bias(size)
         if self.post_norm:
             if self.norm1 is not None:
-                y = self._branch(x, self.attn, self.ls1, self.attn_gate)
+                y, keys = self._attn_branch(x, bias)
                 x = masked_norm(self.norm1, x if y is None else x + y, self.embed_mask)
+        elif self.attn is not None:
+            y, keys = self._attn_branch(masked_norm(self.norm1, x, self.embed_mask), bias)
+            x = x + y
+        if self.merge_r:
+            if self.gate is not None:
+                x = inp + self.gate * (x - inp)
+            # ToMe's similarity: the keys averaged over heads (summed: the cosine is the same);
+            # the tokens themselves without attention.
+            metric = x if keys is None else keys.sum(dim=1)
+            x, size = merge_tokens(x, size, metric, self.merge_r, self.prefix, self.tokens)
+            inp = x
+        if self.post_norm:
             if self.norm2 is not None:
                 y = self._branch(x, self.mlp, self.ls2, self.mlp_gate)
                 x = masked_norm(self.norm2, x if y is None else x + y, self.embed_mask)
-        else:
-            if self.attn is not None:
-                y = masked_norm(self.norm1, x, self.embed_mask)
-                x = x + self._branch(y, self.attn, self.ls1, self.attn_gate)
-            if self.mlp is not None:
-                y = masked_norm(self.norm2, x, self.embed_mask)
-                x = x + self._branch(y, self.mlp, self.ls2, self.mlp_gate)
+        elif self.mlp is not None:
+            y = masked_norm(self.norm2, x, self.embed_mask)
+            x = x + self._branch(y, self.mlp, self.ls2, self.mlp_gate)
         if self.gate is not None:
             x = inp + self.gate * (x - inp)
         if self.embed_mask is not None:  # the branches wrote into pruned channels: zero them
             x = x * self.embed_mask
-        return x
+        return x, size
+
+    def _attn_branch(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """The gated, layer-scaled attention output and its keys (None, None: no attention)."""
+        if self.attn is None:
+            return None, None
+        if self.merge_r:
+            y, keys = self.attn.attend(x, bias)
+        else:  # called as a module: the exported graph's node names keep the attn scope
+            y, keys = self.attn(x, bias), None
+        if self.ls1 is not None:
+            y = self.ls1(y)
+        return (y if self.attn_gate is None else self.attn_gate * y), keys
 
 
-def block_for(spec: ViTSpec, block: BlockSpec) -> Block:
+def block_for(spec: ViTSpec, block: BlockSpec, i: int | None = None) -> Block:
     """A ``Block`` of ``block``'s widths with the model-wide options of ``spec`` (width, qkv bias,
-    eps, norm placement, activation, layer scale): what latency tables should time."""
+    eps, norm placement, activation, layer scale): what latency tables should time. ``i``: its
+    index in ``spec``, for the tokens it merges (``uvc.arch.merge``); None: no merging."""
     return Block(
         spec.embed_dim,
         block,
@@ -209,6 +271,9 @@ def block_for(spec: ViTSpec, block: BlockSpec) -> Block:
         post_norm=spec.post_norm,
         act=spec.act,
         layer_scale=spec.layer_scale,
+        merge_r=0 if i is None else spec.block_merge(i),
+        prefix=spec.num_prefix_tokens,
+        tokens=None if i is None else spec.tokens_in(i),
     )
 
 
@@ -242,7 +307,7 @@ class ViT(nn.Module):
             nn.Parameter(torch.zeros(1, spec.reg_tokens, d)) if spec.reg_tokens else None
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.pos_embed_len, d))
-        self.blocks = nn.ModuleList(block_for(spec, b) for b in spec.blocks)
+        self.blocks = nn.ModuleList(block_for(spec, b, i) for i, b in enumerate(spec.blocks))
         self.norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(d, eps=spec.norm_eps) if spec.fc_norm else nn.Identity()
         n_out = spec.num_classes
@@ -277,6 +342,10 @@ class ViT(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Tokens after the last block and final norm: (B, N_tokens, dim)."""
+        return self.forward_features_sized(x)[0]
+
+    def forward_features_sized(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``forward_features`` and the tokens' sizes (None without token merging)."""
         x = self.patch_embed(x)
         if self.spec.no_embed_class:
             x = x + self.pos_embed  # DeiT-III / DINOv2: positions for the patches only
@@ -288,14 +357,23 @@ class ViT(nn.Module):
             x = x + self.pos_embed
         if self.embed_mask is not None:
             x = x * self.embed_mask
-        for blk in self.blocks:
-            x = blk(x)
-        return masked_norm(self.norm, x, self.embed_mask)
+        size = None
+        if self.spec.merge_r:
+            for blk in self.blocks:
+                x, size = blk.forward_sized(x, size)
+        else:
+            for blk in self.blocks:
+                x = blk(x)
+        return masked_norm(self.norm, x, self.embed_mask), size
 
-    def forward_head(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """Pool the tokens and classify."""
+    def forward_head(self, x: Tensor, size: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Pool the tokens (weighted by ``size`` after token merging) and classify."""
         if self.spec.pool is Pool.AVG:
-            x = x[:, self.spec.num_prefix_tokens :].mean(dim=1)
+            p = self.spec.num_prefix_tokens
+            if size is None:
+                x = x[:, p:].mean(dim=1)
+            else:  # a merged token stands for size patches; the sizes sum to num_patches
+                x = (x[:, p:] * size[:, p:]).sum(dim=1) / self.spec.num_patches
             return self.head(masked_norm(self.fc_norm, x, self.embed_mask))
         logits = self.head(masked_norm(self.fc_norm, x[:, 0], self.embed_mask))
         if self.head_dist is None:
@@ -307,4 +385,15 @@ class ViT(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Images (B, C, H, W) -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(*self.forward_features_sized(x))
+
+
+def apply_merge(model: ViT, value: int | str | Sequence[int] | None) -> ViT:
+    """A new ViT with ``model``'s weights (shared) and the merge schedule ``value`` (merging has
+    no parameters, so any ViT merges off the shelf). Raises ``SpecError`` when it does not fit."""
+    spec = with_merge(model.spec, value)
+    if spec == model.spec:
+        return model
+    out = ViT(spec).to(next(model.parameters()).device)
+    out.load_state_dict(model.state_dict(), strict=True)
+    return out.train(model.training)

@@ -27,7 +27,8 @@ from uvc.arch.preprocess import Preprocess
 from uvc.errors import SpecError
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION_MERGE = 3  # written only by specs with token merging (``merge_r``)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class Pool(str, Enum):
@@ -128,6 +129,9 @@ class ViTSpec:
         dist_head: with ``dist_token``: whether it has its own head (averaged with the class head
             at eval). False: the token takes part in attention, the logits are the class head's.
         preprocess: the model's own input preprocessing (None: not recorded).
+        merge_r: tokens merged per block (ToMe, ``uvc.arch.merge``), one count per block; () or all
+            zeros: no merging (stored as ()). Prefix tokens are never merged; block i may merge at
+            most half of the patch tokens it receives.
     """
 
     img_size: int
@@ -150,6 +154,7 @@ class ViTSpec:
     final_norm: bool | None = None
     dist_head: bool = True
     preprocess: Preprocess | None = None
+    merge_r: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -193,6 +198,9 @@ class ViTSpec:
             raise SpecError("a distilled model pools its class and distillation tokens ('token')")
         if self.pool is Pool.TOKEN and not self.class_token:
             raise SpecError("pool='token' needs a class token; use pool='avg' without one")
+        from uvc.arch.merge_schedule import check_merge_r
+
+        object.__setattr__(self, "merge_r", check_merge_r(self))
         if not self.norm_eps > 0:
             raise SpecError(f"norm_eps must be > 0, got {self.norm_eps}")
         if self.preprocess is not None and len(self.preprocess.mean) != self.in_chans:
@@ -230,8 +238,16 @@ class ViTSpec:
 
     @property
     def num_tokens(self) -> int:
-        """Sequence length seen by every block."""
+        """Sequence length entering the first block (every block, without merging)."""
         return self.num_patches + self.num_prefix_tokens
+
+    def tokens_in(self, i: int) -> int:
+        """Tokens entering block ``i`` (``i == depth``: leaving the last block)."""
+        return self.num_tokens - sum(self.merge_r[:i])
+
+    def block_merge(self, i: int) -> int:
+        """Tokens block ``i`` merges (0 without merging)."""
+        return self.merge_r[i] if self.merge_r else 0
 
     @property
     def depth(self) -> int:
@@ -276,6 +292,10 @@ class ViTSpec:
         out: dict[str, Any] = {"format_version": FORMAT_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "merge_r":
+                if value:  # a spec without merging writes format 2 exactly as before
+                    out["format_version"], out[f.name] = FORMAT_VERSION_MERGE, list(value)
+                continue
             if f.name == "blocks":
                 value = [dataclasses.asdict(b) for b in value]
             elif f.name == "preprocess":
@@ -302,6 +322,12 @@ class ViTSpec:
             newer = sorted(set(data) - v1_fields)
             if newer:
                 raise SpecError(f"format_version 1 spec with format-2 field(s): {', '.join(newer)}")
+        if version != FORMAT_VERSION_MERGE and "merge_r" in data:
+            raise SpecError(f"format_version {version} spec with the format-3 field merge_r")
+        if "merge_r" in data:
+            if not isinstance(data["merge_r"], list):
+                raise SpecError("spec field 'merge_r' must be a list of integers")
+            data["merge_r"] = tuple(data["merge_r"])
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -355,8 +381,9 @@ class ViTSpec:
         return cls.from_json(text)
 
 
-# Fields format 2 added (a format-1 file must not carry them).
+# Fields format 2 (and 3: merge_r) added (a format-1 file must not carry them).
 V2_FIELDS = (
+    "merge_r",
     "norm_placement",
     "act",
     "layer_scale",

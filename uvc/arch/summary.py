@@ -27,6 +27,11 @@ def cost_summary(spec: ViTSpec) -> dict[str, Any]:
                 "mlp_dim": b.mlp_dim,
                 "macs": c.total,
                 "params": p,
+                **(
+                    {"tokens_in": spec.tokens_in(i), "merge_r": r}
+                    if (r := spec.block_merge(i))
+                    else {}
+                ),
             }
             for i, (b, c, p) in enumerate(
                 zip(spec.blocks, cost.blocks, cost.block_params, strict=True)
@@ -54,7 +59,12 @@ def cost_table(spec: ViTSpec) -> str:
     lines = [
         f"embed {spec.embed_dim}, {spec.num_tokens} tokens "
         f"({spec.img_size}px / patch {spec.patch_size}), {spec.num_classes} classes"
-        + (", distillation token" if spec.dist_token else ""),
+        + (", distillation token" if spec.dist_token else "")
+        + (
+            f"; token merging r={list(spec.merge_r)}: {spec.tokens_in(spec.depth)} tokens left"
+            if spec.merge_r
+            else ""
+        ),
         head,
         "-" * len(head),
     ]

@@ -129,6 +129,14 @@ def inspect(target: str, as_json: bool) -> None:
     help="Largest top-1 drop (points) on the held-out images; beyond it the export fails "
     "(exit 1) and writes nothing.",
 )
+@click.option(
+    "--merge",
+    default=None,
+    metavar="R",
+    help="Token merging (ToMe, training-free): merge R tokens in every block, or one R per "
+    "block (8,8,4,0,0,0); replaces the model's own schedule. Static shapes: every block's token "
+    "count is a constant of the graph.",
+)
 @handle_errors
 def export_cmd(model: str, out: str, **opts: Any) -> None:
     """Export MODEL to ONNX / TensorRT in OUT, validated against PyTorch.

@@ -65,6 +65,14 @@ RESUME_OPTIONS = {"resume", "progress_bars", "threads", "device", "workers"}
     help="Fraction of the resource to keep (0.5 = half the MACs).",
 )
 @click.option(
+    "--merge",
+    default=None,
+    metavar="R",
+    help="Token merging (ToMe) in the compressed model: R tokens merged in every block, or one "
+    "R per block (8,8,4,0,0,0), between attention and MLP; the class/distillation/register "
+    "tokens never merge. The budget counts it: at equal --budget less width is pruned.",
+)
+@click.option(
     "--metric",
     type=click.Choice(["macs", "params", "latency"]),
     default="macs",

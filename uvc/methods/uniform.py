@@ -43,7 +43,8 @@ def uniform_ratio(res: ResourceModel, budget: float, iters: int = 50) -> float:
 
     def cost(rho: float) -> float:
         blocks = sum(
-            res.block_float(h.heads, h.qk, int(h.v), h.mlp) for h in uniform_widths(res, rho)
+            res.block_float(h.heads, h.qk, int(h.v), h.mlp, i=i)
+            for i, h in enumerate(uniform_widths(res, rho))
         )
         return (res.fixed + blocks) / res.full
 

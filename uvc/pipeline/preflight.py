@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from uvc.arch.merge_schedule import unmerged, with_merge
 from uvc.arch.spec import BlockSpec, ViTSpec
 from uvc.errors import UvcError
 from uvc.settings import TrainConfig
@@ -50,7 +51,7 @@ def preflight(cfg: TrainConfig) -> ViTSpec:
         if value is not None and not Path(value).is_file():
             raise UvcError(f"{option} {value}: file not found")
     classes = check_folder(cfg.data, cfg.val_split)
-    spec = model_spec(cfg, len(classes))
+    spec = with_merge(model_spec(cfg, len(classes)), cfg.merge)
     if cfg.teacher is not None:
         from uvc.train.teacher import build_timm_teacher
 
@@ -239,8 +240,9 @@ def _nvit_floor(spec: ViTSpec, metric: str, lut: object, align: int) -> float:
     embed = least(spec.embed_dim, Kind.EMBED) if prune_embed else spec.embed_dim
     smallest = spec.replace(embed_dim=embed, blocks=blocks)
     if lut is not None:
-        return float(lut.model_ms(smallest) / lut.model_ms(spec))  # type: ignore[attr-defined]
-    cost, base = model_cost(smallest), model_cost(spec)
+        full = lut.model_ms(unmerged(spec))  # type: ignore[attr-defined]
+        return float(lut.model_ms(smallest) / full)  # type: ignore[attr-defined]
+    cost, base = model_cost(smallest), model_cost(unmerged(spec))
     return cost.macs / base.macs if metric == "macs" else cost.params / base.params
 
 

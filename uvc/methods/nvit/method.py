@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from uvc.arch.cost import LatencyTable, model_cost
 from uvc.arch.keep import BlockKeep, KeepSet, spec_after
+from uvc.arch.merge_schedule import unmerged
 from uvc.arch.model import ViT
 from uvc.arch.spec import ViTSpec
 from uvc.arch.structmap import Kind
@@ -172,7 +173,8 @@ class NViT:
         self.lut = LatencyTable.load(cfg.lut) if cfg.metric is Metric.LATENCY else None
         if self.lut is not None:
             self.lut.check_spec(spec)
-        self.full = self._spec_cost(spec)
+        # The budget is a fraction of the model without token merging (merging saves count).
+        self.full = self._spec_cost(unmerged(spec))
         self.opt, self.scaler = weight_optimizer(model, cfg, device)
         self.saliency = Saliency(spec)
         self.alive: dict[str, Tensor] = {}

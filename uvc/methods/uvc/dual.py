@@ -156,16 +156,16 @@ def _factor(n: int, pruned: list[int], f: float) -> Tensor:
 
 def hard_block_cost(res: ResourceModel, i: int, hb: HardBlock, sc: BlockScores) -> float:
     """Exact cost of block ``i`` under integer decisions ``hb``."""
-    return _cost(res, hb, _kept_idx(sc.heads, hb.heads) if isinstance(hb.v, tuple) else [])
+    return _cost(res, hb, _kept_idx(sc.heads, hb.heads) if isinstance(hb.v, tuple) else [], i)
 
 
-def _cost(res: ResourceModel, hb: HardBlock, kept_heads: list[int]) -> float:
+def _cost(res: ResourceModel, hb: HardBlock, kept_heads: list[int], i: int) -> float:
     v = hb.v
     if isinstance(v, tuple):
         v = max(v[j] for j in kept_heads) if kept_heads else 0
     h = hb.heads if hb.attn_on else 0
     m = hb.mlp if hb.mlp_on else 0
-    return res.block_float(h, hb.qk if h else 0, v if h else 0, m, skip=not hb.block_on)
+    return res.block_float(h, hb.qk if h else 0, v if h else 0, m, skip=not hb.block_on, i=i)
 
 
 def _kept_idx(scores: Tensor, k: int) -> list[int]:
@@ -259,7 +259,7 @@ def project_to_budget(
     prep = [_Prepared(sc) for sc in scores]
 
     def cost(i: int, hb: HardBlock) -> float:
-        return _cost(res, hb, prep[i].kept_heads(hb.heads) if isinstance(hb.v, tuple) else [])
+        return _cost(res, hb, prep[i].kept_heads(hb.heads) if isinstance(hb.v, tuple) else [], i)
 
     costs = [cost(i, hb) for i, hb in enumerate(hard)]
     state = {"r": res.fixed + sum(costs)}

@@ -235,7 +235,7 @@ class PrimalDual:
         blocks = [
             self.res.block(
                 sb.heads, sb.qk, sb.v, sb.mlp,
-                gst[i, BLOCK] * gst[i, ATTN], gst[i, BLOCK] * gst[i, MLP], gst[i, BLOCK],
+                gst[i, BLOCK] * gst[i, ATTN], gst[i, BLOCK] * gst[i, MLP], gst[i, BLOCK], i,
             )
             for i, sb in enumerate(soft)
         ]  # fmt: skip
