@@ -6,13 +6,15 @@ network. Steps, each with its own log and a share of one time budget (default 45
 
 1. install the project without dependencies (``pip install --no-deps --no-build-isolation -e .``);
 2. probe the environment (GPU, versions, ONNX Runtime providers, compiler for torch.compile);
-3. write three DeiT-Small specs: dense, -50% MACs at widths aligned to 8, and -50% MACs at widths
-   that are not multiples of 8;
+3. write DeiT-Small specs: dense, -50% MACs at widths aligned to 8, -50% MACs at widths that are
+   not multiples of 8, and two with token merging;
 4. run the GPU tests (``pytest -m gpu``);
 5. ``uvc bench`` dense vs both -50% models, fp16, eager and cudagraph, batch 1/64/256, ``--check``;
-6. a short ``uvc train`` on CUDA with ``--amp bf16`` on digits (one epoch per stage);
-7. the same benchmark with ``compile`` (last: the slowest step, inductor compiles every batch);
-8. ``summary.md`` and ``gpu_check.json`` in the output folder.
+6. ``uvc bench`` dense vs token merging (r = 13 per block) and vs the aligned -50% model with
+   r = 8, fp16, eager and cudagraph (no ``--check``);
+7. a short ``uvc train`` on CUDA with ``--amp bf16`` on digits (one epoch per stage);
+8. the same benchmark with ``compile`` (last: the slowest step, inductor compiles every batch);
+9. ``summary.md`` and ``gpu_check.json`` in the output folder.
 
 ``--dry-run`` runs on a CPU (``make test`` does): the install as ``pip install --dry-run``, the
 probe, the specs and the summary run for real; the CUDA steps are not run, but their command lines
@@ -48,6 +50,7 @@ BUDGET_S = 450.0
 BENCH_MODEL = "deit_small_patch16_224"
 BATCHES = "1,64,256"
 MIN_EFFICIENCY = 0.8
+TOME_R = 13  # tokens merged per block in the token-merging rows
 EXPECT_TRT = "10.8"  # docker/Dockerfile.gpu's base image (nvcr.io/nvidia/tensorrt:25.01-py3)
 
 
@@ -89,6 +92,7 @@ def make_specs(out: Path) -> str:
 
     from uvc.arch.cost import macs
     from uvc.arch.keep import spec_after
+    from uvc.arch.merge_schedule import with_merge
     from uvc.files.source import resolve_spec
 
     d = out / "specs"
@@ -97,6 +101,9 @@ def make_specs(out: Path) -> str:
     specs = {"dense": dense}
     for name, align in (("half_a8", 8), ("half_unaligned", None)):
         specs[name] = spec_after(dense, half_keep(dense, align))
+    # Token merging (ToMe's DeiT-S setting r = 13 per block), alone and on the aligned -50% model.
+    specs["tome13"] = with_merge(dense, TOME_R)
+    specs["half_a8_tome8"] = with_merge(specs["half_a8"], 8)
     for name, s in specs.items():
         s.save(d / f"{name}.json")
     ratios = {n: macs(s) / macs(dense) for n, s in specs.items()}
@@ -154,6 +161,14 @@ def plan(out: Path) -> list[Step]:
         *("--out", str(out / "train")),
     ]
     eager = (*bench, "--backends", "eager,cudagraph", "--json", str(out / "bench_eager.json"))
+    # Token merging on CUDA: its own step, without --check (merging's efficiency per MAC is what
+    # is to be learned, not a bar it must pass).
+    merge = (
+        *("uvc", "bench", str(specs / "tome13.json"), str(specs / "half_a8_tome8.json")),
+        *("--baseline", str(specs / "dense.json"), "--device", "cuda", "--precision", "fp16"),
+        *("--batch-sizes", BATCHES, "--backends", "eager,cudagraph"),
+        *("--json", str(out / "bench_merge.json")),
+    )
     compiled = (*bench, "--backends", "compile", "--json", str(out / "bench_compile.json"))
     return [
         Step("install", (*install, "-e", "."), timeout_s=90, dry_argv=(*install, "--dry-run", ".")),
@@ -161,6 +176,7 @@ def plan(out: Path) -> list[Step]:
         Step("specs", fn=make_specs, timeout_s=30),
         Step("gpu-tests", tests, cuda=True, timeout_s=150),
         Step("bench-eager-cudagraph", eager, cuda=True, timeout_s=150),
+        Step("bench-merge", merge, cuda=True, timeout_s=120),
         Step("train-bf16", tuple(train), cuda=True, timeout_s=150),
         Step("bench-compile", compiled, cuda=True, timeout_s=240),
     ]

@@ -21,7 +21,13 @@ def test_dry_run_writes_summary_specs_and_parses_every_cuda_command(tmp_path: Pa
     status = {s["name"]: s["status"] for s in report["steps"]}
     assert status["install"] == "ok" and "--dry-run" in report["steps"][0]["command"]
     assert status["probe"] == status["specs"] == "ok"
-    cuda_steps = ("gpu-tests", "bench-eager-cudagraph", "train-bf16", "bench-compile")
+    cuda_steps = (
+        "gpu-tests",
+        "bench-eager-cudagraph",
+        "bench-merge",
+        "train-bf16",
+        "bench-compile",
+    )
     assert all(status[s] == "dry-run" for s in cuda_steps)
     md = (out / "summary.md").read_text()
     assert md.startswith("# uvc gpu-check (dry run") and "| bench-compile | dry-run |" in md
@@ -34,6 +40,10 @@ def test_dry_run_writes_summary_specs_and_parses_every_cuda_command(tmp_path: Pa
     assert any(w % 8 for w in widths(unaligned))
     for name in ("half_a8", "half_unaligned"):
         assert f"{name} 0.4" in md or f"{name} 0.5" in md  # about half the MACs
+    merged = ViTSpec.load(out / "specs" / "tome13.json")
+    assert merged.merge_r == (13,) * 12 and merged.blocks == dense.blocks
+    both = ViTSpec.load(out / "specs" / "half_a8_tome8.json")
+    assert both.merge_r == (8,) * 12 and both.blocks == aligned.blocks
     env = json.loads((out / "environment.json").read_text())
     assert "torch" in env and "ort_providers" in env
 
